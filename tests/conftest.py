@@ -1,0 +1,37 @@
+"""Shared fixtures: an exact Gaussian-mixture model behind our CFG wrapper, counted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zigzag_kdiff import CallCounter, CFGDenoiser
+from zigzag_kdiff.gmm import UNCONDITIONAL, GaussianMixture
+
+
+def karras_sigmas(steps: int, sigma_min: float = 0.02, sigma_max: float = 20.0, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. sigmas ending in 0 (k-diffusion's ``get_sigmas_karras`` without importing it)."""
+    ramp = torch.linspace(0, 1, steps)
+    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+def guided_args(batch: int, scale: float, label: int = 0) -> dict:
+    labels = torch.full((batch,), label, dtype=torch.long)
+    return {"cond": labels, "uncond": torch.full_like(labels, UNCONDITIONAL), "cond_scale": scale}
+
+
+def initial_noise(batch: int, dim: int, sigma_max: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed)) * sigma_max
+
+
+@pytest.fixture
+def mixture() -> GaussianMixture:
+    """Two classes of two overlapping components each in 2-D: p(c|x) is far from saturated."""
+    return GaussianMixture.random(num_classes=2, components_per_class=2, dim=2, separation=0.5, variance=0.5, seed=0)
+
+
+@pytest.fixture
+def counted(mixture: GaussianMixture) -> tuple[CFGDenoiser, CallCounter]:
+    counter = CallCounter(mixture)
+    return CFGDenoiser(counter), counter

@@ -1,0 +1,33 @@
+"""zigzag-kdiff: Z-Sampling and guidance-interval samplers for k-diffusion, diffusers, A1111/Forge
+and ComfyUI.
+
+The core imports only torch and tqdm; host integrations are thin adapters over
+:mod:`zigzag_kdiff.sampling` and :mod:`zigzag_kdiff.guidance`.
+"""
+
+from .guidance import CallCounter, CFGDenoiser, GuidanceInterval
+from .kdiffusion import SAMPLERS, register_k_diffusion
+from .sampling import (
+    count_model_calls,
+    ddim_sigmas,
+    ddim_timesteps,
+    sample_zigzag_ddim,
+    sample_zigzag_euler,
+    zigzag_plan,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CFGDenoiser",
+    "CallCounter",
+    "GuidanceInterval",
+    "SAMPLERS",
+    "count_model_calls",
+    "ddim_sigmas",
+    "ddim_timesteps",
+    "register_k_diffusion",
+    "sample_zigzag_ddim",
+    "sample_zigzag_euler",
+    "zigzag_plan",
+]

@@ -1,0 +1,194 @@
+"""Denoiser wrappers: classifier-free guidance with branch skipping and a guidance interval.
+
+All wrappers follow k-diffusion's denoiser convention: ``forward(x, sigma, **kwargs)`` returns the
+denoised estimate ``D(x; σ)`` in the variance-exploding parameterisation (``x = x₀ + σ·n``).
+
+CFG convention (the released Z-Sampling code's and diffusers'):
+``D = D_uncond + s · (D_cond − D_uncond)``. Scale ``s = 1`` is the conditional prediction alone and
+``s = 0`` the unconditional one. The paper writes ε = (1+γ)·u(c) − γ·u(∅), i.e. ``s = 1 + γ``.
+
+Guidance interval (Kynkäänniemi et al., NeurIPS 2024): the scale applies only for σ inside
+``[sigma_low, sigma_high]``; outside it the scale is 1 and the unconditional branch is not evaluated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+Conditioning = torch.Tensor | Mapping[str, Any]
+
+
+def check_finite(name: str, value: float) -> float:
+    """Return ``value`` as a float, or raise a ``ValueError`` naming ``name`` if it is not finite."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number (-inf < {name} < inf), got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class GuidanceInterval:
+    """The noise levels ``sigma_low ≤ σ ≤ sigma_high`` at which guidance is applied.
+
+    The paper's interval is given in σ of the EDM parameterisation, which is k-diffusion's σ.
+    ``sigma_high`` may be ``inf`` (guidance up to the noisiest step).
+    """
+
+    sigma_low: float
+    sigma_high: float = math.inf
+
+    def __post_init__(self) -> None:
+        low, high = float(self.sigma_low), float(self.sigma_high)
+        if math.isnan(low) or math.isnan(high) or low < 0 or math.isinf(low):
+            raise ValueError(
+                "guidance_interval must be (sigma_low, sigma_high) with 0 <= sigma_low <= sigma_high"
+                f" <= inf, got ({self.sigma_low!r}, {self.sigma_high!r})"
+            )
+        if low > high:
+            raise ValueError(
+                "guidance_interval must have sigma_low <= sigma_high (allowed: 0 <= sigma_low <= "
+                f"sigma_high <= inf), got sigma_low={low} > sigma_high={high}"
+            )
+        object.__setattr__(self, "sigma_low", low)
+        object.__setattr__(self, "sigma_high", high)
+
+    @classmethod
+    def parse(cls, value: GuidanceInterval | tuple[float, float] | None) -> GuidanceInterval | None:
+        """Accept ``None``, an interval, or a ``(sigma_low, sigma_high)`` pair."""
+        if value is None or isinstance(value, GuidanceInterval):
+            return value
+        try:
+            low, high = value
+        except (TypeError, ValueError):
+            raise ValueError(f"guidance_interval must be a (sigma_low, sigma_high) pair, got {value!r}") from None
+        return cls(low, high)
+
+    def contains(self, sigma: float | torch.Tensor) -> bool:
+        sigma = float(sigma)
+        return self.sigma_low <= sigma <= self.sigma_high
+
+
+def effective_scale(scale: float, sigma: float | torch.Tensor, interval: GuidanceInterval | None) -> float:
+    """The CFG scale in effect at ``sigma``: ``scale`` inside the interval (or with none), else 1."""
+    if interval is None or interval.contains(sigma):
+        return scale
+    return 1.0
+
+
+def _select_rows(value: Any, batch: int) -> Any:
+    """Broadcast a batch-1 conditioning tensor (or nested mapping of them) to ``batch`` rows."""
+    if isinstance(value, torch.Tensor):
+        if value.ndim > 0 and value.shape[0] == 1 and batch != 1:
+            return value.expand(batch, *value.shape[1:])
+        return value
+    if isinstance(value, Mapping):
+        return {k: _select_rows(v, batch) for k, v in value.items()}
+    return value
+
+
+def _concat(first: Any, second: Any) -> Any:
+    """Concatenate two conditionings along the batch dimension (leaves must match in shape)."""
+    if isinstance(first, torch.Tensor):
+        return torch.cat([first, second])
+    if isinstance(first, Mapping):
+        return {k: _concat(first[k], second[k]) for k in first}
+    return first
+
+
+def _batchable(first: Any, second: Any) -> bool:
+    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor):
+        return first.shape[1:] == second.shape[1:] and first.dtype == second.dtype
+    if isinstance(first, Mapping) and isinstance(second, Mapping):
+        return first.keys() == second.keys() and all(_batchable(first[k], second[k]) for k in first)
+    return not isinstance(first, (torch.Tensor, Mapping)) and first == second
+
+
+def _as_kwargs(cond: Conditioning) -> dict[str, Any]:
+    """A tensor is passed to the inner denoiser as ``cond=``; a mapping as its own keywords."""
+    return dict(cond) if isinstance(cond, Mapping) else {"cond": cond}
+
+
+class CFGDenoiser(nn.Module):
+    """Classifier-free guidance over an inner k-diffusion denoiser, evaluating only needed branches.
+
+    ``forward(x, sigma, cond, uncond, cond_scale)`` returns ``D_u + s·(D_c − D_u)``:
+
+    * ``s == 1``: one call on the conditional branch only (no unconditional rows);
+    * ``s == 0``: one call on the unconditional branch only;
+    * otherwise: one batched call on ``[uncond, cond]`` (the released code's order).
+
+    ``cond``/``uncond`` is either a tensor (passed to the inner denoiser as ``cond=``) or a mapping of
+    keyword arguments (e.g. ``{"encoder_hidden_states": ..., "added_cond_kwargs": {...}}`` for SDXL's
+    pooled embeddings and time ids); nested tensors are batched per branch. Tensors with batch size 1
+    are broadcast to the batch of ``x``. Other keyword arguments pass through to both branches.
+
+    Args:
+        inner_model: a k-diffusion denoiser ``D(x, sigma, **kwargs)``.
+        guidance_interval: optional ``(sigma_low, sigma_high)``; outside it the scale is 1.
+    """
+
+    def __init__(
+        self,
+        inner_model: nn.Module,
+        guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
+    ) -> None:
+        super().__init__()
+        self.inner_model = inner_model
+        self.guidance_interval = GuidanceInterval.parse(guidance_interval)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Conditioning,
+        uncond: Conditioning | None = None,
+        cond_scale: float = 1.0,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        scale = effective_scale(check_finite("cond_scale", cond_scale), sigma.max(), self.guidance_interval)
+        batch = x.shape[0]
+        if scale == 1.0:
+            return self.inner_model(x, sigma, **_as_kwargs(_select_rows(cond, batch)), **kwargs)
+        if uncond is None:
+            raise ValueError(f"uncond is required for cond_scale != 1 (got cond_scale={scale})")
+        uncond_kwargs = _as_kwargs(_select_rows(uncond, batch))
+        if scale == 0.0:
+            return self.inner_model(x, sigma, **uncond_kwargs, **kwargs)
+        cond_kwargs = _as_kwargs(_select_rows(cond, batch))
+        if _batchable(uncond_kwargs, cond_kwargs):
+            both = self.inner_model(
+                torch.cat([x, x]), torch.cat([sigma, sigma]), **_concat(uncond_kwargs, cond_kwargs), **kwargs
+            )
+            denoised_uncond, denoised_cond = both.chunk(2)
+        else:  # e.g. prompts of different token lengths: two calls
+            denoised_uncond = self.inner_model(x, sigma, **uncond_kwargs, **kwargs)
+            denoised_cond = self.inner_model(x, sigma, **cond_kwargs, **kwargs)
+        return denoised_uncond + (denoised_cond - denoised_uncond) * scale
+
+
+class CallCounter(nn.Module):
+    """Counts the calls and batch rows that reach a denoiser (wrap the innermost model with it)."""
+
+    def __init__(self, inner_model: nn.Module) -> None:
+        super().__init__()
+        self.inner_model = inner_model
+        self.calls = 0
+        self.rows = 0
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.inner_model(x, sigma, **kwargs)

@@ -1,0 +1,441 @@
+"""Zigzag Diffusion Sampling (Z-Sampling, Bai et al., ICLR 2025) as k-diffusion samplers.
+
+Both samplers take k-diffusion's signature ``(model, x, sigmas, extra_args, callback, disable)`` and
+work in its variance-exploding parameterisation: ``x = x₀ + σ·n``, ``model(x, σ)`` returns the
+denoised estimate, and for a discrete ε-model ``σ = sqrt((1 − ᾱ)/ᾱ)`` and ``x = x_vp / sqrt(ᾱ)``.
+In this form a DDIM step with η = 0 (the paper's eq. 2) is exactly an Euler step.
+
+Algorithm 1 of the paper, with its symbols, maps to the parameters as follows:
+
+=========================  ======  ===========================================================
+parameter                  paper   meaning
+=========================  ======  ===========================================================
+``extra_args["cond_scale"]``  γ₁     CFG scale of every denoising call (the caller's scale)
+``inversion_scale``        γ₂      CFG scale of every inversion call (default 0: unconditional)
+``zigzag_steps``           λ       zigzag on the first λ (noisiest) steps (default: steps − 1)
+``zigzag_rounds``          T_max   zigzag rounds per step (default 1)
+=========================  ======  ===========================================================
+
+CFG convention: ``D = D_uncond + s·(D_cond − D_uncond)`` (the released code's and diffusers');
+the paper's eq. 5 writes ``(1 + γ)·u(c) − γ·u(∅)``, which is ``s = 1 + γ``. The defaults follow the
+released code, whose γ₂ = 0 means the *unconditional* prediction.
+
+Design decisions:
+
+* Guidance gap ``γ₁ − γ₂``. A negative gap drives the latent away from the prompt (the paper shows it
+  breaks generation), so ``inversion_scale > cond_scale`` raises ``ValueError`` before any model call
+  when the forward scale is known. A zero gap is allowed (Theorem 3: approximately standard sampling)
+  but only costs model calls.
+* Guidance interval. A zigzag step runs only if the whole step ``[σ_{i+1}, σ_i]`` lies inside the
+  guidance interval, so both its denoising and inversion calls are guided and the gap is exactly
+  ``γ₁ − γ₂ ≥ 0``; outside the interval there is no guidance and hence no gap to accumulate.
+* Final step. A step whose target is ``σ = 0`` is never zigzagged: inverting from a clean sample is
+  undefined for the Euler rule (``d = (x − D)/σ``). With the default ``λ = steps − 1`` the last step
+  is a plain step in any case, as in the released code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+import torch
+from tqdm.auto import trange
+
+from .guidance import GuidanceInterval, check_finite
+
+__all__ = [
+    "append_dims",
+    "append_zero",
+    "to_d",
+    "ddim_timesteps",
+    "ddim_sigmas",
+    "call_with_cond_scale",
+    "zigzag_plan",
+    "count_model_calls",
+    "sample_zigzag_euler",
+    "sample_zigzag_ddim",
+]
+
+
+# --- small helpers (k-diffusion's conventions) -------------------------------------------------
+
+
+def append_dims(x: torch.Tensor, target_dims: int) -> torch.Tensor:
+    """Append singleton dimensions to ``x`` until it has ``target_dims`` dimensions."""
+    return x[(...,) + (None,) * (target_dims - x.ndim)]
+
+
+def append_zero(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, x.new_zeros([1])])
+
+
+def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.Tensor:
+    """The probability-flow ODE derivative ``dx/dσ = (x − D(x; σ))/σ`` (for an ε-model: ε)."""
+    return (x - denoised) / append_dims(sigma, x.ndim)
+
+
+def _alpha_bar(sigma: torch.Tensor) -> torch.Tensor:
+    """ᾱ of a VE noise level: ``ᾱ = 1/(1 + σ²)``."""
+    return 1 / (1 + sigma**2)
+
+
+# --- DDIM schedule ------------------------------------------------------------------------------
+
+
+def ddim_timesteps(num_train_timesteps: int, steps: int, steps_offset: int = 1) -> torch.Tensor:
+    """The DDIM scheduler's timesteps with ``timestep_spacing="leading"`` (e.g. 981, 961, …, 1)."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be an integer in [1, {num_train_timesteps}], got {steps!r}")
+    step_ratio = num_train_timesteps // steps
+    timesteps = torch.arange(steps - 1, -1, -1, dtype=torch.long) * step_ratio + steps_offset
+    if int(timesteps[0]) >= num_train_timesteps:
+        raise ValueError(
+            f"steps_offset must keep timesteps below {num_train_timesteps}, got steps_offset={steps_offset}"
+        )
+    return timesteps
+
+
+def ddim_sigmas(
+    alphas_cumprod: torch.Tensor,
+    steps: int,
+    *,
+    steps_offset: int = 1,
+    set_alpha_to_one: bool = False,
+) -> torch.Tensor:
+    """Sigmas that make the samplers here reproduce diffusers' ``DDIMScheduler`` (η = 0).
+
+    Leading spacing plus ``steps_offset`` (SD/SDXL: 1) gives timesteps ``t_0 > … > t_{T−1}``; the
+    sigmas are ``σ(t) = sqrt((1 − ᾱ_t)/ᾱ_t)`` computed in the dtype of ``alphas_cumprod`` (as
+    k-diffusion's ``DiscreteSchedule``), followed by the end point: 0 when ``set_alpha_to_one``,
+    else ``σ(0)`` (SDXL: 0.029168), where DDIM stops.
+    """
+    alphas_cumprod = torch.as_tensor(alphas_cumprod)
+    if alphas_cumprod.ndim != 1 or len(alphas_cumprod) < 2:
+        raise ValueError("alphas_cumprod must be a 1-D tensor of at least 2 values")
+    all_sigmas = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+    timesteps = ddim_timesteps(len(alphas_cumprod), steps, steps_offset)
+    end = all_sigmas.new_zeros([1]) if set_alpha_to_one else all_sigmas[:1]
+    return torch.cat([all_sigmas[timesteps], end])
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _check_sigmas(sigmas: torch.Tensor) -> None:
+    if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or len(sigmas) < 2:
+        shape = tuple(sigmas.shape) if isinstance(sigmas, torch.Tensor) else type(sigmas).__name__
+        raise ValueError(f"sigmas must be a 1-D tensor of at least 2 noise levels, got {shape}")
+    if not bool(torch.isfinite(sigmas).all()) or bool((sigmas < 0).any()):
+        raise ValueError(f"sigmas must be finite and >= 0 (allowed: 0 <= sigma < inf), got {sigmas.tolist()}")
+    rising = torch.nonzero(sigmas[1:] > sigmas[:-1])
+    if len(rising):
+        i = int(rising[0])
+        raise ValueError(
+            "sigmas must be non-increasing (sigmas[i+1] <= sigmas[i]), got "
+            f"sigmas[{i + 1}]={float(sigmas[i + 1]):.6g} > sigmas[{i}]={float(sigmas[i]):.6g}"
+        )
+
+
+def _check_zigzag_options(steps: int, zigzag_steps: int | None, zigzag_rounds: int) -> int:
+    """Validate λ and T_max; return λ (default ``steps − 1``)."""
+    if zigzag_steps is None:
+        zigzag_steps = steps - 1
+    if not isinstance(zigzag_steps, int) or isinstance(zigzag_steps, bool) or not 0 <= zigzag_steps <= steps - 1:
+        raise ValueError(
+            f"zigzag_steps (λ) must be an integer in [0, {steps - 1}] (steps − 1) for {steps} steps, "
+            f"got {zigzag_steps!r}"
+        )
+    if not isinstance(zigzag_rounds, int) or isinstance(zigzag_rounds, bool) or zigzag_rounds < 0:
+        raise ValueError(f"zigzag_rounds (T_max) must be an integer >= 0, got {zigzag_rounds!r}")
+    return zigzag_steps
+
+
+def zigzag_plan(
+    sigmas: torch.Tensor,
+    zigzag_steps: int | None = None,
+    guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
+) -> list[bool]:
+    """For each step ``i`` (σ_i → σ_{i+1}), whether it zigzags (see the module's design decisions)."""
+    _check_sigmas(sigmas)
+    steps = len(sigmas) - 1
+    zigzag_steps = _check_zigzag_options(steps, zigzag_steps, 1)
+    interval = GuidanceInterval.parse(guidance_interval)
+    levels = sigmas.tolist()
+    plan = []
+    for i in range(steps):
+        inside = interval is None or (interval.contains(levels[i]) and interval.contains(levels[i + 1]))
+        plan.append(i < zigzag_steps and levels[i + 1] > 0 and inside)
+    return plan
+
+
+def count_model_calls(
+    sigmas: torch.Tensor,
+    zigzag_steps: int | None = None,
+    zigzag_rounds: int = 1,
+    guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
+) -> int:
+    """Denoiser calls a zigzag sampler makes: one per step plus two per zigzag round.
+
+    Hosts that schedule features by model calls (A1111's prompt editing) report this number.
+    """
+    steps = len(sigmas) - 1
+    _check_zigzag_options(steps, zigzag_steps, zigzag_rounds)
+    return steps + 2 * zigzag_rounds * sum(zigzag_plan(sigmas, zigzag_steps, guidance_interval))
+
+
+# --- how a call at the inversion scale is made ---------------------------------------------------
+
+
+class CallAtScale(Protocol):
+    """Evaluate ``model`` at ``(x, sigma)`` with CFG scale ``scale`` instead of the caller's."""
+
+    def __call__(
+        self,
+        model: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        extra_args: dict[str, Any],
+        scale: float,
+    ) -> torch.Tensor: ...
+
+
+def call_with_cond_scale(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    extra_args: dict[str, Any],
+    scale: float,
+) -> torch.Tensor:
+    """The default: call the model with a *copy* of ``extra_args`` whose ``cond_scale`` is replaced.
+
+    Works with our :class:`~zigzag_kdiff.guidance.CFGDenoiser` and with A1111/Forge's ``CFGDenoiser``
+    (the caller's dict is never mutated: hosts such as A1111's refiner switch mutate it themselves).
+    """
+    return model(x, sigma, **{**extra_args, "cond_scale": scale})
+
+
+# --- inversion rules: one zigzag "up" step σ_{i+1} → σ_i (the paper's Ψ^t, eq. 4) ----------------
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``denoise(x, sigma)``: the model at the inversion scale γ₂, sigma a 0-dim tensor."""
+
+
+def invert_euler(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, i: int) -> torch.Tensor:
+    """Euler inversion: evaluate at the latent's true level σ_{i+1}, step back up to σ_i."""
+    sigma, sigma_next = sigmas[i], sigmas[i + 1]
+    d = to_d(x, sigma_next, denoise(x, sigma_next))
+    return x + d * (sigma - sigma_next)
+
+
+def _eps_at_previous_level(
+    denoise: Denoise, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+) -> torch.Tensor:
+    """ε^t(x_{t−1}) of eq. 4: the model told level σ_i while it sees the level-σ_{i+1} latent.
+
+    A discrete ε-model's denoiser feeds the network ``c_in(σ)·x = sqrt(ᾱ)·x``; calling it at σ_i on
+    ``x·sqrt(σ_i² + 1)/sqrt(σ_{i+1}² + 1)`` makes the network see ``sqrt(ᾱ_{i+1})·x`` (the released
+    code's VP latent) at timestep t_i.
+    """
+    x_in = x * ((sigma**2 + 1) / (sigma_next**2 + 1)) ** 0.5
+    return to_d(x_in, sigma, denoise(x_in, sigma))
+
+
+def invert_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, i: int) -> torch.Tensor:
+    """DDIM inversion as the paper's eq. 4 (and diffusers ≤ 0.21.4): ``x̃ = x + (σ_i − σ_{i+1})·ε``."""
+    sigma, sigma_next = sigmas[i], sigmas[i + 1]
+    eps = _eps_at_previous_level(denoise, x, sigma, sigma_next)
+    return x + eps * (sigma - sigma_next)
+
+
+def invert_ddim_released(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, i: int) -> torch.Tensor:
+    """DDIM inversion as the released code computes it with diffusers 0.22.3.
+
+    Its ``DDIMInverseScheduler.step`` takes t_{i+1} as the target and t_{i+1} − 1000/T as the source,
+    which on DDIM sigmas (:func:`ddim_sigmas`) is level σ_r = σ_{i+2} (σ(0) after the last step):
+    ``x̃ = sqrt(ᾱ_{i+1}/ᾱ_i)·[sqrt(ᾱ_{i+1}/ᾱ_r)·x + (σ_{i+1} − σ_r)·ε]``. On other schedules the same
+    rule is applied with σ_r = σ_{i+2}.
+    """
+    sigma, sigma_next, sigma_src = sigmas[i], sigmas[i + 1], sigmas[i + 2]
+    eps = _eps_at_previous_level(denoise, x, sigma, sigma_next)
+    a, a_next, a_src = _alpha_bar(sigma), _alpha_bar(sigma_next), _alpha_bar(sigma_src)
+    return (a_next / a) ** 0.5 * ((a_next / a_src) ** 0.5 * x + eps * (sigma_next - sigma_src))
+
+
+InversionRule = Callable[[Denoise, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+# --- the engine: Algorithm 1 ----------------------------------------------------------------------
+
+
+def _sample_zigzag(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None,
+    callback: Callable[[dict[str, Any]], Any] | None,
+    disable: bool | None,
+    invert: InversionRule,
+    inversion_scale: float,
+    zigzag_steps: int | None,
+    zigzag_rounds: int,
+    guidance_interval: GuidanceInterval | tuple[float, float] | None,
+    call_at_scale: CallAtScale | None,
+    cond_scale: float | None,
+) -> torch.Tensor:
+    extra_args = {} if extra_args is None else extra_args
+    _check_sigmas(sigmas)
+    steps = len(sigmas) - 1
+    zigzag_steps = _check_zigzag_options(steps, zigzag_steps, zigzag_rounds)
+    inversion_scale = check_finite("inversion_scale", inversion_scale)
+    if guidance_interval is None:  # a CFGDenoiser (or a host adapter) carries its own interval
+        guidance_interval = getattr(model, "guidance_interval", None)
+    plan = zigzag_plan(sigmas, zigzag_steps, guidance_interval)
+    zigzags = zigzag_rounds > 0 and any(plan)
+
+    if call_at_scale is None:
+        call_at_scale = call_with_cond_scale
+        if zigzags and "cond_scale" not in extra_args:
+            raise ValueError(
+                "zigzag sampling needs a guided model: extra_args must hold 'cond_scale' (and the "
+                "model must accept it), or pass call_at_scale; use zigzag_steps=0 for plain sampling"
+            )
+        if cond_scale is None:
+            cond_scale = extra_args.get("cond_scale")
+    if zigzags and cond_scale is not None:
+        cond_scale = check_finite("cond_scale", cond_scale)
+        if inversion_scale > cond_scale:
+            raise ValueError(
+                f"inversion_scale (γ₂) must be <= the denoising scale cond_scale (γ₁) = {cond_scale:g} "
+                f"so the guidance gap γ₁ − γ₂ is >= 0, got inversion_scale={inversion_scale:g}"
+            )
+
+    s_in = x.new_ones([x.shape[0]])
+
+    def denoise_at_inversion_scale(x_in: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return call_at_scale(model, x_in, sigma * s_in, extra_args, inversion_scale)
+
+    for i in trange(steps, disable=disable):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        # Algorithm 1, line 5: x_{t−1} = Φ^t(x_t | c, γ₁), a DDIM/Euler step (eq. 2).
+        denoised = model(x, sigma * s_in, **extra_args)
+        x_next = x + to_d(x, sigma, denoised) * (sigma_next - sigma)
+        if plan[i]:  # line 6: the first λ steps
+            for _ in range(zigzag_rounds):  # T_max rounds
+                # line 8: x̃_t = Ψ^t(x_{t−1} | c, γ₂), inversion (eq. 4)
+                x = invert(denoise_at_inversion_scale, x_next, sigmas, i)
+                # line 9: x_{t−1} = Φ^t(x̃_t | c, γ₁), denoising again (eq. 2)
+                denoised = model(x, sigma * s_in, **extra_args)
+                x_next = x + to_d(x, sigma, denoised) * (sigma_next - sigma)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        x = x_next
+    return x
+
+
+_ZIGZAG_ARGS_DOC = """
+    Args:
+        model: a k-diffusion denoiser ``model(x, sigma, **extra_args)``; for zigzag steps it must be
+            guided, e.g. :class:`zigzag_kdiff.guidance.CFGDenoiser` or A1111's ``CFGDenoiser``.
+        x: the initial latent at ``sigmas[0]`` (noise already scaled by ``sigmas[0]``).
+        sigmas: non-increasing noise levels, ``len(sigmas) − 1`` steps (the last may be 0).
+        extra_args: keyword arguments for ``model``; ``cond_scale`` is γ₁.
+        callback: called once per step with ``{"x", "i", "sigma", "sigma_hat", "denoised"}``.
+        disable: disable the tqdm progress bar.
+        inversion_scale: γ₂, CFG scale of inversion calls (0 = unconditional, the released default).
+        zigzag_steps: λ, zigzag on steps ``0 … λ−1``; in ``[0, steps − 1]``, default ``steps − 1``.
+        zigzag_rounds: T_max, zigzag rounds per step, integer ``>= 0``.
+        guidance_interval: ``(sigma_low, sigma_high)``: zigzag only on steps inside it; default: the
+            model's own ``guidance_interval`` attribute if it has one.
+        call_at_scale: how to evaluate the model at γ₂ (see :class:`CallAtScale`); default
+            :func:`call_with_cond_scale`. Host adapters (ComfyUI) supply their own.
+        cond_scale: γ₁ for the gap check when it is not in ``extra_args`` (host adapters).
+"""
+
+
+@torch.no_grad()
+def sample_zigzag_euler(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    disable: bool | None = None,
+    *,
+    inversion_scale: float = 0.0,
+    zigzag_steps: int | None = None,
+    zigzag_rounds: int = 1,
+    guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
+    call_at_scale: CallAtScale | None = None,
+    cond_scale: float | None = None,
+) -> torch.Tensor:
+    """Z-Sampling with Euler steps; the inversion evaluates the model at the latent's true level.
+
+    Step i: denoise σ_i → σ_{i+1} at γ₁ (eq. 2). On zigzag steps, T_max times: invert σ_{i+1} → σ_i
+    with an Euler step whose derivative is evaluated at γ₂ on the latent where it is, at σ_{i+1}, then
+    denoise σ_i → σ_{i+1} at γ₁ again. With ``zigzag_steps=0`` this is k-diffusion's ``sample_euler``.
+    """
+    return _sample_zigzag(
+        model,
+        x,
+        sigmas,
+        extra_args,
+        callback,
+        disable,
+        invert_euler,
+        inversion_scale,
+        zigzag_steps,
+        zigzag_rounds,
+        guidance_interval,
+        call_at_scale,
+        cond_scale,
+    )
+
+
+@torch.no_grad()
+def sample_zigzag_ddim(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    disable: bool | None = None,
+    *,
+    inversion_scale: float = 0.0,
+    zigzag_steps: int | None = None,
+    zigzag_rounds: int = 1,
+    guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
+    call_at_scale: CallAtScale | None = None,
+    cond_scale: float | None = None,
+    inversion_update: Literal["paper", "released"] = "paper",
+) -> torch.Tensor:
+    """Z-Sampling in the paper's DDIM formulation (Algorithm 1 with eqs. 2 and 4).
+
+    The inversion evaluates the model at σ_i on the level-(i+1) latent, rescaled so a discrete ε-model
+    sees exactly what the released code feeds its UNet (the ε^t(x_{t−1}) approximation of eq. 4).
+    ``inversion_update="paper"`` updates with eq. 4, ``x̃ = x + (σ_i − σ_{i+1})·ε``;
+    ``"released"`` reproduces the released code's diffusers-0.22.3 update
+    (see :func:`invert_ddim_released`). Use :func:`ddim_sigmas` to reproduce the DDIM scheduler.
+    """
+    rules: dict[str, InversionRule] = {"paper": invert_ddim, "released": invert_ddim_released}
+    if inversion_update not in rules:
+        raise ValueError(f"inversion_update must be one of {sorted(rules)}, got {inversion_update!r}")
+    return _sample_zigzag(
+        model,
+        x,
+        sigmas,
+        extra_args,
+        callback,
+        disable,
+        rules[inversion_update],
+        inversion_scale,
+        zigzag_steps,
+        zigzag_rounds,
+        guidance_interval,
+        call_at_scale,
+        cond_scale,
+    )
+
+
+sample_zigzag_euler.__doc__ += _ZIGZAG_ARGS_DOC  # type: ignore[operator]
+sample_zigzag_ddim.__doc__ += _ZIGZAG_ARGS_DOC  # type: ignore[operator]
