@@ -91,8 +91,13 @@ def run_cost(steps: int = 50, repeats: int = 3, batch: int = 1) -> list[CostRow]
                 models[name].append(timer.seconds)
                 counts[name] = (counter.calls, counter.rows)
     return [
-        CostRow(name, counts[name][0], counts[name][1] / batch, statistics.median(walls[name]),
-                statistics.median(models[name]))
+        CostRow(
+            name,
+            counts[name][0],
+            counts[name][1] / batch,
+            statistics.median(walls[name]),
+            statistics.median(models[name]),
+        )
         for name in methods
     ]
 
