@@ -1,0 +1,546 @@
+"""The AUTOMATIC1111/Forge extension's logic (``extensions/sd-webui-zigzag/zigzag_webui.py``).
+
+No webui can be installed here, so the host is played by *contract stand-ins*: plain objects with the
+attributes and call signatures the real webui code has (read in A1111 1.10.1, Forge, reForge and
+Forge Classic/Neo; see the README). Sampling runs for real: zigzag_kdiff on k-diffusion's
+``DiscreteEpsDDPMDenoiser`` over a small ε-network, compared with k-diffusion's ``sample_euler`` and
+with calling the library directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+import types
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import zigzag_kdiff
+from zigzag_kdiff import count_model_calls
+
+EXTENSION_DIR = Path(__file__).resolve().parents[1] / "extensions" / "sd-webui-zigzag"
+
+
+def _load(name: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location(name, EXTENSION_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+zw = _load("zigzag_webui")
+checkout = _load("zigzag_checkout")
+
+# Schedule type labels, names and aliases of A1111 1.10.1, Forge, reForge and Forge Neo (modules/sd_schedulers.py).
+HOST_SCHEDULER_NAMES = [
+    *["Automatic", "Uniform", "Karras", "Exponential", "Polyexponential", "SGM Uniform", "SGMUniform"],
+    *["KL Optimal", "Align Your Steps", "Simple", "Normal", "DDIM", "Beta", "Turbo", "Align Your Steps GITS"],
+    *["Align Your Steps 11", "Align Your Steps 32", "Sinusoidal SF", "Invcosinusoidal SF", "Cosine", "Phi"],
+    *["React Cosinusoidal DynSF", "Align Your Steps Custom", "Cosine-exponential Blend", "Laplace"],
+    *["Karras Dynamic", "SD Turbo", "Variance Preserving", "CFG++", "Flux2"],
+    *["automatic", "uniform", "karras", "exponential", "sgm_uniform", "kl_optimal", "ddim", "beta", "simple"],
+]
+
+
+class InterruptedException(BaseException):
+    """Like ``modules.sd_samplers_common.InterruptedException`` (a BaseException)."""
+
+
+def sd_alphas_cumprod() -> torch.Tensor:
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
+    return torch.cumprod(1 - betas, dim=0)
+
+
+class TinyEps(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4 + 1 + 3, 32), nn.SiLU(), nn.Linear(32, 4))
+
+    def forward(self, x, t, cond):
+        return self.net(torch.cat([x, t[:, None] / 1000, cond], dim=1))
+
+
+class StandInP:
+    """Contract stand-in for ``StableDiffusionProcessing``: the attributes the extension reads/writes."""
+
+    def __init__(self, **attributes) -> None:
+        self.is_hr_pass = False
+        self.extra_generation_params = {}
+        self.comments = {}
+        self.override_settings = {}
+        self.__dict__.update(attributes)
+
+    def comment(self, text: str) -> None:
+        self.comments[text] = 1
+
+
+Call = namedtuple("Call", "received_scale scale sigma rows")
+
+
+class StandInCFGDenoiser(nn.Module):
+    """Contract stand-in for the webui's ``CFGDenoiser``: A1111's exact ``forward`` signature (no ``**kwargs``:
+    any extra key raises), counts calls in ``step``, carries ``p`` and ``total_steps``, raises
+    ``InterruptedException`` when interrupted. ``forge=True`` adds Forge's behaviour: the hires pass uses
+    ``p.hr_cfg``, scale 1 skips the unconditional pass, and ``uncond=None`` leaves it all zeros."""
+
+    def __init__(self, p: StandInP, *, forge: bool = False, interrupt_at: int | None = None) -> None:
+        super().__init__()
+        from k_diffusion.external import DiscreteEpsDDPMDenoiser
+
+        self.inner_model = DiscreteEpsDDPMDenoiser(TinyEps(), sd_alphas_cumprod(), quantize=True)
+        self.p, self.forge, self.interrupt_at = p, forge, interrupt_at
+        self.step, self.total_steps, self.calls = 0, None, []
+
+    def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
+        if self.interrupt_at is not None and self.step == self.interrupt_at:
+            self.hr_cfg_at_interrupt = getattr(self.p, "hr_cfg", None)
+            raise InterruptedException
+        received = cond_scale
+        if self.forge and self.p.is_hr_pass:
+            cond_scale = self.p.hr_cfg
+        if self.forge and cond_scale == 1:  # Forge skips the unconditional pass at scale 1
+            denoised, rows = self.inner_model(x, sigma, cond=cond), len(x)
+        elif uncond is None:  # Forge at CFG 1 has no uncond: its "unconditional" result stays all zeros
+            denoised, rows = self.inner_model(x, sigma, cond=cond) * cond_scale, len(x)
+        else:  # one batch of cond and uncond rows, as A1111 and Forge
+            both = self.inner_model(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=torch.cat([cond, uncond]))
+            denoised_cond, denoised_uncond = both.chunk(2)
+            denoised, rows = denoised_uncond + (denoised_cond - denoised_uncond) * cond_scale, 2 * len(x)
+        self.calls.append(Call(received, float(cond_scale), float(sigma.max()), rows))
+        self.step += 1
+        return denoised
+
+
+def settings_opts(**values) -> types.SimpleNamespace:
+    """A stand-in for ``shared.opts`` with the extension's settings (defaults unless given)."""
+    return types.SimpleNamespace(**{s.key: values.get(s.key, s.default) for s in zw.SETTINGS})
+
+
+def extra_args(batch: int = 2, scale: float = 7.0, uncond: bool = True) -> dict:
+    """What ``KDiffusionSampler.sample`` passes (A1111 1.10.1): cond, image_cond, uncond, cond_scale, s_min_uncond."""
+    cond = torch.linspace(-1, 1, 3).repeat(batch, 1)
+    return {
+        "cond": cond,
+        "image_cond": None,
+        "uncond": torch.zeros_like(cond) if uncond else None,
+        "cond_scale": scale,
+        "s_min_uncond": 0.0,
+    }
+
+
+def karras(steps: int) -> torch.Tensor:
+    import k_diffusion
+
+    return k_diffusion.sampling.get_sigmas_karras(steps, 0.0292, 14.6146)
+
+
+def run(rule: str, model: StandInCFGDenoiser, sigmas: torch.Tensor, args: dict, opts=None, seed: int = 0):
+    """Sample as ``KDiffusionSampler`` does: launch_sampling sets total_steps, then calls the function."""
+    sampler_data = zw.sampler_data_class(StandInSamplerData, lambda: opts or settings_opts())
+    model.total_steps = sampler_data("n", None, [], {}).total_steps(len(sigmas) - 1)
+    model.step = 0
+    func = zw.make_sampler_function(rule, lambda: opts or settings_opts())
+    steps_seen = []
+    x = torch.randn(len(args["cond"]), 4, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
+    out = func(model, x, sigmas=sigmas, extra_args=args, disable=True, callback=lambda d: steps_seen.append(d["i"]))
+    return out, x, steps_seen
+
+
+# --- settings, names, bookkeeping -------------------------------------------------------------------------
+
+
+def test_sampler_names_survive_every_hosts_scheduler_parser():
+    for name in zw.SAMPLER_NAMES.values():
+        zw.check_sampler_name(name, HOST_SCHEDULER_NAMES)
+    with pytest.raises(ValueError, match="DDIM"):
+        zw.check_sampler_name("Zigzag DDIM", HOST_SCHEDULER_NAMES)
+
+
+def test_settings_accept_api_and_infotext_strings_and_name_the_bad_key():
+    settings = zw.read_settings(settings_opts(zigzag_steps_fraction="0.5", zigzag_rounds="2", zigzag_inversion_scale=1))
+    assert (settings.steps_fraction, settings.rounds, settings.inversion_scale) == (0.5, 2, 1.0)
+    assert zw.read_settings(types.SimpleNamespace()) == zw.ZigzagSettings()
+    bad = [
+        ({"zigzag_steps_fraction": 1.5}, r"zigzag_steps_fraction must be in \[0, 1\]"),
+        ({"zigzag_rounds": 1.5}, "zigzag_rounds .* integer >= 0"),
+        ({"zigzag_rounds": -1}, "zigzag_rounds .* integer >= 0"),
+        ({"zigzag_inversion_scale": "nan"}, "zigzag_inversion_scale must be a finite number"),
+        ({"zigzag_guidance_sigma_low": -0.1}, "zigzag_guidance_sigma_low must be a noise level"),
+        ({"zigzag_guidance_sigma_low": 3.0, "zigzag_guidance_sigma_high": 2.0}, "sigma_low <= zigzag_guidance"),
+        ({"zigzag_ddim_inversion_update": "diffusers"}, r"must be one of \['paper', 'released'\]"),
+    ]
+    for values, message in bad:
+        with pytest.raises(ValueError, match=message):
+            zw.read_settings(settings_opts(**values))
+
+
+def test_guidance_interval_setting():
+    assert zw.ZigzagSettings().guidance_interval is None
+    assert zw.ZigzagSettings(sigma_low=0.3).guidance_interval == (0.3, float("inf"))
+    assert zw.ZigzagSettings(sigma_low=0.3, sigma_high=5.0).guidance_interval == (0.3, 5.0)
+
+
+def test_zigzag_steps_scale_with_the_step_count():
+    table = {(20, 1.0): 19, (20, 0.5): 10, (25, 0.5): 13, (20, 0.0): 0, (1, 1.0): 0, (7, 0.99): 6, (40, 0.25): 10}
+    assert {key: zw.zigzag_steps_for(*key) for key in table} == table
+
+
+@pytest.mark.parametrize("steps", [1, 2, 7, 20, 33])
+@pytest.mark.parametrize("fraction,rounds", [(1.0, 1), (0.5, 2), (0.0, 3), (0.3, 0)])
+def test_total_steps_is_the_librarys_call_count(steps, fraction, rounds):
+    settings = zw.ZigzagSettings(steps_fraction=fraction, rounds=rounds)
+    lam = zw.zigzag_steps_for(steps, fraction)
+    assert zw.total_model_calls(steps, settings) == count_model_calls(karras(steps), lam, rounds)
+
+
+def test_infotext_holds_non_defaults_and_pasting_restores_them():
+    assert zw.infotext_params(zw.ZigzagSettings()) == {}
+    settings = zw.ZigzagSettings(inversion_scale=1.5, steps_fraction=0.5, rounds=2, sigma_low=0.28, sigma_high=5.42)
+    params = zw.infotext_params(settings)
+    assert params == {
+        "Zigzag inversion scale": 1.5,
+        "Zigzag steps fraction": 0.5,
+        "Zigzag rounds": 2,
+        "Zigzag guidance sigma low": 0.28,
+        "Zigzag guidance sigma high": 5.42,
+    }
+    # pasting: the webui maps each OptionInfo(infotext=...) label back to its key and casts the string
+    by_label = {s.infotext: s.key for s in zw.SETTINGS}
+    pasted = {"Sampler": "Zigzag Euler", **{label: str(value) for label, value in params.items()}}
+    zw.fill_infotext_defaults(pasted, zw.SAMPLER_NAMES.values())
+    restored = {by_label[label]: zw.validate_setting(by_label[label], pasted[label]) for label in by_label}
+    assert zw.read_settings(types.SimpleNamespace(**restored)) == settings
+    assert pasted["Zigzag DDIM update"] == "paper"  # missing means default: pasted so the setting resets
+    other = {"Sampler": "Euler"}
+    zw.fill_infotext_defaults(other, zw.SAMPLER_NAMES.values())
+    assert other == {"Sampler": "Euler"}
+
+
+# --- the registered sampler on a stand-in CFGDenoiser ---------------------------------------------------
+
+
+StandInSamplerDataTuple = namedtuple("SamplerData", ["name", "constructor", "aliases", "options"])
+
+
+class StandInSamplerData(StandInSamplerDataTuple):
+    """Contract stand-in for ``modules.sd_samplers_common.SamplerData`` (a namedtuple with total_steps)."""
+
+    def total_steps(self, steps):
+        return steps * 2 if self.options.get("second_order", False) else steps
+
+
+@pytest.mark.parametrize("rule", ["euler", "ddim"])
+def test_call_count_scales_progress_and_untouched_extra_args(rule):
+    p = StandInP()
+    model = StandInCFGDenoiser(p)
+    sigmas = karras(8)
+    args = extra_args(scale=6.0)
+    snapshot = dict(args)
+    opts = settings_opts(zigzag_inversion_scale=1.5, zigzag_rounds=2, zigzag_steps_fraction=0.5)
+    out, _, steps_seen = run(rule, model, sigmas, args, opts)
+
+    assert torch.isfinite(out).all()
+    assert steps_seen == list(range(8))  # the progress callback: once per step
+    assert len(model.calls) == model.step == model.total_steps == 8 + 2 * 2 * 4
+    assert args.keys() == snapshot.keys() and all(args[k] is snapshot[k] for k in args)
+    # cond_scale is replaced only on inversion calls: step i = denoise, then (inversion, denoise) × T_max
+    expected = []
+    for i in range(8):
+        expected += [6.0] + ([1.5, 6.0] * 2 if i < 4 else [])
+    assert [c.received_scale for c in model.calls] == expected
+    inversion_sigmas = [c.sigma for c in model.calls if c.received_scale == 1.5]
+    level = 1 if rule == "euler" else 0  # Euler evaluates at σ_{i+1}, the DDIM rule at σ_i
+    assert inversion_sigmas == pytest.approx([float(sigmas[i + level]) for i in range(4) for _ in range(2)])
+
+
+def test_without_zigzag_steps_it_is_k_diffusions_euler():
+    import k_diffusion
+
+    sigmas, args = karras(10), extra_args()
+    opts = settings_opts(zigzag_steps_fraction=0.0, zigzag_inversion_scale=30.0)  # no zigzag: γ₂ is never used
+    ours, x, _ = run("euler", StandInCFGDenoiser(StandInP()), sigmas, args, opts)
+    reference = k_diffusion.sampling.sample_euler(StandInCFGDenoiser(StandInP()), x, sigmas, args, disable=True)
+    assert torch.equal(ours, reference)
+
+
+@pytest.mark.parametrize("rule,update", [("euler", "paper"), ("ddim", "released")])
+def test_the_extension_adds_no_sampling_of_its_own(rule, update):
+    sigmas, args = karras(10), extra_args()
+    opts = settings_opts(zigzag_ddim_inversion_update=update, zigzag_rounds=2)
+    ours, x, _ = run(rule, StandInCFGDenoiser(StandInP()), sigmas, args, opts)
+    library = getattr(zigzag_kdiff, f"sample_zigzag_{rule}")
+    kwargs = {"inversion_update": update} if rule == "ddim" else {}
+    direct = library(StandInCFGDenoiser(StandInP()), x, sigmas, args, disable=True, zigzag_rounds=2, **kwargs)
+    assert torch.equal(ours, direct)
+
+
+def test_img2img_partial_schedule_and_batch_count_bookkeeping():
+    sigmas = karras(20)[8:]  # denoising strength ~0.6: 12 of 20 steps, as KDiffusionSampler.sample_img2img
+    model = StandInCFGDenoiser(StandInP())
+    _, _, steps_seen = run("euler", model, sigmas, extra_args(batch=3), settings_opts(zigzag_steps_fraction=0.5))
+    assert steps_seen == list(range(12))
+    assert len(model.calls) == model.total_steps == 12 + 2 * 6
+
+
+def test_forge_hires_pass_uses_hr_cfg_and_restores_it():
+    p = StandInP(is_hr_pass=True, hr_cfg=4.0)
+    model = StandInCFGDenoiser(p, forge=True)
+    run("euler", model, karras(6), extra_args(scale=7.0), settings_opts(zigzag_inversion_scale=1.0))
+    scales = [c.scale for c in model.calls]
+    assert scales == [4.0, 1.0, 4.0] * 5 + [4.0] and p.hr_cfg == 4.0  # γ₁ = Hires CFG Scale, γ₂ = 1
+    assert [c.rows for c in model.calls][:2] == [4, 2]  # Forge skips the unconditional pass at scale 1
+    with pytest.raises(ValueError, match="zigzag_inversion_scale or raise the Hires CFG Scale"):
+        run("euler", model, karras(6), extra_args(scale=7.0), settings_opts(zigzag_inversion_scale=5.0))
+
+
+def test_a1111_hires_pass_keeps_the_cfg_scale():
+    p = StandInP(is_hr_pass=True)  # A1111 1.10 has no hr_cfg
+    model = StandInCFGDenoiser(p)
+    run("euler", model, karras(4), extra_args(scale=5.0))
+    assert [c.scale for c in model.calls] == [5.0, 0.0, 5.0] * 3 + [5.0]
+
+
+def test_negative_guidance_gap_raises_before_any_model_call():
+    model = StandInCFGDenoiser(StandInP())
+    with pytest.raises(ValueError, match="γ₂ = 8 must not exceed the CFG Scale γ₁ = 7"):
+        run("ddim", model, karras(6), extra_args(scale=7.0), settings_opts(zigzag_inversion_scale=8.0))
+    assert model.calls == []
+
+
+def test_forge_cfg_1_without_uncond_inverts_at_the_same_scale():
+    p = StandInP()
+    model = StandInCFGDenoiser(p, forge=True)
+    out, _, _ = run("euler", model, karras(6), extra_args(scale=1.0, uncond=False))
+    assert torch.isfinite(out).all()
+    assert {c.scale for c in model.calls} == {1.0} and len(model.calls) == model.total_steps == 16
+    assert any("guidance gap 0" in text for text in p.comments)
+
+
+def test_guidance_interval_scales_and_exact_call_count():
+    p = StandInP()
+    model = StandInCFGDenoiser(p)
+    sigmas = karras(10)
+    opts = settings_opts(zigzag_guidance_sigma_low=0.5, zigzag_guidance_sigma_high=6.0)
+    run("euler", model, sigmas, extra_args(scale=7.0), opts)
+    exact = count_model_calls(sigmas, 9, 1, (0.5, 6.0))
+    assert len(model.calls) == model.total_steps == exact < 10 + 2 * 9
+    for call in model.calls:
+        inside = 0.5 <= call.sigma <= 6.0
+        assert call.scale == (7.0 if inside else 1.0) or call.received_scale == 0.0
+    assert any("planned 28" in text for text in p.comments)
+    assert p.extra_generation_params["Zigzag guidance sigma low"] == 0.5
+
+
+def test_interrupt_propagates_and_nothing_stays_changed():
+    p = StandInP(is_hr_pass=True, hr_cfg=4.0)
+    model = StandInCFGDenoiser(p, forge=True, interrupt_at=4)  # call 4: the inversion of step 1, at γ₂
+    args = extra_args()
+    snapshot = dict(args)
+    with pytest.raises(InterruptedException):
+        run("euler", model, karras(6), args)
+    assert model.hr_cfg_at_interrupt == 0.0  # interrupted inside the inversion call, with hr_cfg set to γ₂ ...
+    assert p.hr_cfg == 4.0 and len(model.calls) == 4  # ... and restored
+    assert args.keys() == snapshot.keys() and all(args[k] is snapshot[k] for k in args)
+
+
+def test_ddim_rule_refuses_flow_models():
+    model = StandInCFGDenoiser(StandInP())
+    model.inner_model.sigmas = torch.linspace(0.001, 1.0, 1000)  # a rectified-flow model's noise levels
+    with pytest.raises(ValueError, match=r"\(rectified flow\): use Zigzag Euler"):
+        run("ddim", model, torch.linspace(1, 0, 5), extra_args())
+    assert model.calls == []
+
+
+# --- registration, X/Y/Z axes: contract tests against plain objects --------------------------------------
+
+
+class StandInKDiffusionSampler:
+    """Contract stand-in for ``KDiffusionSampler(funcname, sd_model)``: takes a callable and, like the webui,
+    passes ``sigmas`` only if the function declares it, and ``n``/``sigma_min``/``sigma_max``/``eta`` if declared."""
+
+    def __init__(self, funcname, sd_model) -> None:
+        self.func, self.model = funcname, sd_model
+        self.parameters = inspect.signature(funcname).parameters
+
+
+def standin_sd_samplers() -> types.SimpleNamespace:
+    """Contract stand-in for ``modules.sd_samplers``: all_samplers, all_samplers_map, set_samplers()."""
+    registry = types.SimpleNamespace(set_calls=0, cache_clears=0, samplers_map={})
+    registry.all_samplers = [
+        StandInSamplerData("Euler", lambda model: None, ["k_euler"], {}),
+        StandInSamplerData("Restart", lambda model: None, ["restart"], {"scheduler": "karras", "second_order": True}),
+    ]
+    registry.all_samplers_map = {x.name: x for x in registry.all_samplers}
+
+    def set_samplers():
+        registry.set_calls += 1
+        registry.samplers_map.clear()
+        for sampler in registry.all_samplers:
+            for label in (sampler.name, *sampler.aliases):
+                registry.samplers_map[label.lower()] = sampler.name
+
+    def get_sampler_and_scheduler(sampler_name, scheduler_name):
+        return sampler_name, scheduler_name
+
+    get_sampler_and_scheduler.cache_clear = lambda: setattr(registry, "cache_clears", registry.cache_clears + 1)
+    registry.set_samplers, registry.get_sampler_and_scheduler = set_samplers, get_sampler_and_scheduler
+    return registry
+
+
+def test_registration_contract_in_place_idempotent_and_refusing():
+    registry = standin_sd_samplers()
+    same_list, same_map = registry.all_samplers, registry.all_samplers_map
+    opts = settings_opts(zigzag_steps_fraction=0.5, zigzag_rounds=2)
+    names = zw.register_samplers(registry, StandInSamplerData, StandInKDiffusionSampler, lambda: opts)
+    assert names == ["Zigzag Euler", "Zigzag (DDIM)"]
+    assert registry.all_samplers is same_list and registry.all_samplers_map is same_map
+    assert [x.name for x in registry.all_samplers] == ["Euler", "Restart", "Zigzag Euler", "Zigzag (DDIM)"]
+    assert registry.samplers_map["zigzag_ddim"] == "Zigzag (DDIM)" and registry.cache_clears == 1
+
+    entry = registry.all_samplers_map["Zigzag Euler"]
+    assert isinstance(entry, StandInSamplerData) and entry.options == {"zigzag_rule": "euler"}
+    assert entry.total_steps(20) == 20 + 2 * 2 * 10 and registry.all_samplers_map["Restart"].total_steps(20) == 40
+    sampler = entry.constructor("sd_model")
+    assert sampler.model == "sd_model" and "sigmas" in sampler.parameters
+    assert not {"n", "sigma_min", "sigma_max", "sigma_sched", "eta", "s_noise"} & set(sampler.parameters)
+
+    zw.register_samplers(registry, StandInSamplerData, StandInKDiffusionSampler, lambda: opts)  # Reload UI
+    assert [x.name for x in registry.all_samplers] == ["Euler", "Restart", "Zigzag Euler", "Zigzag (DDIM)"]
+    assert registry.all_samplers_map["Zigzag Euler"] is not entry and registry.set_calls == 2
+
+    foreign = standin_sd_samplers()
+    foreign.all_samplers.append(StandInSamplerData("Zigzag Euler", None, [], {}))
+    before = list(foreign.all_samplers)
+    with pytest.raises(ValueError, match="already used by 'Zigzag Euler'"):
+        zw.register_samplers(foreign, StandInSamplerData, StandInKDiffusionSampler, lambda: opts)
+    assert foreign.all_samplers == before and foreign.set_calls == 0
+    with pytest.raises(ValueError, match="scheduler label"):
+        zw.register_samplers(
+            standin_sd_samplers(), StandInSamplerData, StandInKDiffusionSampler, lambda: opts, ["(DDIM)"]
+        )
+
+
+class StandInAxisOption:
+    """Contract stand-in for the X/Y/Z grid's ``AxisOption(label, type, apply, format_value, confirm, cost,
+    choices, prepare)``."""
+
+    def __init__(self, label, type, apply, format_value=None, confirm=None, cost=0.0, choices=None, prepare=None):
+        self.label, self.type, self.apply, self.confirm, self.choices = label, type, apply, confirm, choices
+
+
+def test_xyz_axes_contract():
+    xyz = types.SimpleNamespace(AxisOption=StandInAxisOption, axis_options=[StandInAxisOption("Seed", int, None)])
+    script = type("XYZ", (), {"__module__": "xyz_grid.py"})
+    data = namedtuple("ScriptClassData", "script_class path basedir module")
+    assert zw.find_xyz_module([data(object, "", "", None), data(script, "", "", xyz)]) is xyz
+
+    labels = zw.add_xyz_axes(xyz)
+    zw.add_xyz_axes(xyz)  # idempotent
+    assert [a.label for a in xyz.axis_options] == ["Seed", *labels] and len(labels) == len(zw.SETTINGS)
+    axes = {a.label: a for a in xyz.axis_options}
+    p = StandInP()
+    axes["Zigzag steps fraction"].apply(p, 0.25, [0.25])
+    axes["Zigzag rounds"].apply(p, 2, [2])
+    assert p.override_settings == {"zigzag_steps_fraction": 0.25, "zigzag_rounds": 2}
+    assert axes["Zigzag DDIM update"].choices() == ["paper", "released"]
+    with pytest.raises(ValueError, match="zigzag_steps_fraction"):
+        axes["Zigzag steps fraction"].confirm(p, [0.5, 2.0])
+
+
+def test_host_notes_and_checkout_discovery(tmp_path):
+    assert "both CFG branches" in zw.host_notes(False)[0]
+    assert "skip the unconditional pass" in zw.host_notes(True)[0]
+    assert "Zigzag Euler and Zigzag (DDIM)" in zw.host_notes(True, hide_samplers_invert=True)[1]
+    root = checkout.find_checkout_root(str(EXTENSION_DIR))
+    assert root == str(EXTENSION_DIR.parents[1]) and checkout.is_inside(zigzag_kdiff.__file__, root)
+    assert checkout.is_inside(str(EXTENSION_DIR / "install.py"), root)
+    assert checkout.find_checkout_root(str(tmp_path / "extensions" / "sd-webui-zigzag")) is None
+    link = tmp_path / "webui-extensions-link"
+    link.symlink_to(EXTENSION_DIR, target_is_directory=True)
+    assert checkout.find_checkout_root(str(link)) == root
+
+
+def test_glue_script_against_standin_webui_modules(monkeypatch):
+    """``scripts/zigzag.py`` imported the way the webui imports it, with contract stand-ins for the
+    ``modules.*`` it uses (and gradio): registration, settings section, X/Y/Z axes, infotext pasting."""
+    callbacks = {}
+    registry = standin_sd_samplers()
+
+    class OptionInfo:  # modules.options.OptionInfo's signature (A1111 1.10.1, Forge, reForge, Classic)
+        def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
+                     refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
+                     category_id=None):  # fmt: skip
+            self.default, self.label, self.component, self.component_args = default, label, component, component_args
+            self.section, self.infotext, self.category_id, self.comment_after = section, infotext, category_id, ""
+
+        def info(self, info):
+            self.comment_after += info
+            return self
+
+    class OptionHTML(OptionInfo):
+        def __init__(self, text):
+            super().__init__(text)
+
+    opts = settings_opts(hide_samplers=[])
+    opts.data_labels = {}
+    opts.add_option = opts.data_labels.__setitem__
+    xyz = types.SimpleNamespace(AxisOption=StandInAxisOption, axis_options=[])
+    script_data = namedtuple("ScriptClassData", "script_class path basedir module")
+    fake = {
+        "script_callbacks": types.SimpleNamespace(
+            on_ui_settings=lambda f: callbacks.setdefault("ui_settings", f),
+            on_before_ui=lambda f: callbacks.setdefault("before_ui", f),
+            on_infotext_pasted=lambda f: callbacks.setdefault("infotext_pasted", f),
+        ),
+        "scripts": types.SimpleNamespace(
+            scripts_data=[script_data(type("XYZ", (), {"__module__": "xyz_grid.py"}), "", "", xyz)]
+        ),
+        "sd_samplers": registry,
+        "sd_samplers_common": types.SimpleNamespace(SamplerData=StandInSamplerData),
+        "sd_samplers_kdiffusion": types.SimpleNamespace(KDiffusionSampler=StandInKDiffusionSampler),
+        "shared": types.SimpleNamespace(opts=opts, OptionInfo=OptionInfo, OptionHTML=OptionHTML),
+        "sd_schedulers": types.SimpleNamespace(
+            schedulers=[types.SimpleNamespace(label="DDIM", name="ddim", aliases=None)]
+        ),
+    }
+    package = types.ModuleType("modules")
+    for name, module in fake.items():
+        setattr(package, name, module)
+        monkeypatch.setitem(sys.modules, f"modules.{name}", module)
+    monkeypatch.setitem(sys.modules, "modules", package)
+    monkeypatch.setitem(sys.modules, "gradio", types.SimpleNamespace(Slider="Slider", Radio="Radio"))
+    monkeypatch.setitem(sys.modules, "zigzag_webui", zw)
+
+    script = _load_script(EXTENSION_DIR / "scripts" / "zigzag.py")
+    assert script.REGISTERED == ["Zigzag Euler", "Zigzag (DDIM)"] and "Zigzag (DDIM)" in registry.all_samplers_map
+    assert set(callbacks) == {"ui_settings", "before_ui", "infotext_pasted"}
+
+    callbacks["ui_settings"]()
+    labels = opts.data_labels
+    assert {s.key for s in zw.SETTINGS} | {"zigzag_host_notes"} == set(labels)
+    assert (
+        labels["zigzag_rounds"].infotext == "Zigzag rounds" and labels["zigzag_rounds"].section == zw.SETTINGS_SECTION
+    )
+    assert labels["zigzag_ddim_inversion_update"].component == "Radio"
+    assert "both CFG branches" in labels["zigzag_host_notes"].default
+
+    callbacks["before_ui"]()
+    assert [a.label for a in xyz.axis_options] == [axis[0] for axis in zw.XYZ_AXES]
+    params = {"Sampler": "Zigzag (DDIM)"}
+    callbacks["infotext_pasted"]("", params)
+    assert params["Zigzag rounds"] == "1"
+
+
+def _load_script(path: Path) -> types.ModuleType:
+    """As ``modules.script_loading.load_module``: the module is named after the file."""
+    spec = importlib.util.spec_from_file_location(path.name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
