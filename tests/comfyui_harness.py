@@ -109,9 +109,11 @@ def load_comfyui() -> SimpleNamespace:
     import comfy.utils
     import nodes
 
+    extras = ["nodes_custom_sampler.py", "nodes_model_advanced.py"]  # SamplerCustom & co., ModelSamplingSD3
     loaded = [
-        asyncio.run(
-            nodes.load_custom_node(str(root / "comfy_extras" / "nodes_custom_sampler.py"), module_parent="comfy_extras")
+        *(
+            asyncio.run(nodes.load_custom_node(str(root / "comfy_extras" / name), module_parent="comfy_extras"))
+            for name in extras
         ),
         asyncio.run(nodes.load_custom_node(str(PACK_DIR))),
     ]
