@@ -100,3 +100,31 @@ def test_ddim_through_k_diffusion_wrapper_is_finite_and_counts():
     args = {"cond": torch.ones(1, 3), "uncond": torch.zeros(1, 3), "cond_scale": 5.5}
     out = sample_zigzag_ddim(model, x, sigmas, args, disable=True, inversion_update="released")
     assert torch.isfinite(out).all()
+
+
+def test_registration_of_host_adapters_is_idempotent_and_checked():
+    """A host registers adapters that wrap our samplers (ComfyUI); foreign functions are refused."""
+    import functools
+
+    target = types.ModuleType("host.sampling")
+
+    def adapter_for(function):
+        @functools.wraps(function)
+        def adapter(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+            return function(model, x, sigmas, extra_args, callback, disable, **options)
+
+        return adapter
+
+    adapters = {name: adapter_for(function) for name, function in zigzag_kdiff.SAMPLERS.items()}
+    assert register_k_diffusion(target, adapters) == ["sample_zigzag_euler", "sample_zigzag_ddim"]
+    again = {name: adapter_for(function) for name, function in zigzag_kdiff.SAMPLERS.items()}
+    register_k_diffusion(target, again)  # a reload of the host's pack replaces its own adapters
+    assert target.sample_zigzag_euler is again["zigzag_euler"]
+    register_k_diffusion(target)  # and the plain samplers replace adapters
+    assert target.sample_zigzag_ddim is zigzag_kdiff.sample_zigzag_ddim
+
+    with pytest.raises(ValueError, match=r"samplers must be named from \['zigzag_ddim', 'zigzag_euler'\]"):
+        register_k_diffusion(target, {"zigzag_heun": zigzag_kdiff.sample_zigzag_euler})
+    with pytest.raises(ValueError, match=r"samplers\['zigzag_euler'\] must be a zigzag_kdiff sampler"):
+        register_k_diffusion(target, {"zigzag_euler": lambda *a, **k: None})
+    assert target.sample_zigzag_ddim is zigzag_kdiff.sample_zigzag_ddim  # nothing half-applied

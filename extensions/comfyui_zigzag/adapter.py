@@ -1,0 +1,278 @@
+"""ComfyUI adapter over the zigzag engine: the guider's scale switch, sampler functions, guidance interval.
+
+Inside a ComfyUI sampler function ``model`` is ``comfy.samplers.KSamplerX0Inpaint`` (it applies the
+inpainting mask); its ``inner_model`` is the guider (``CFGGuider`` or one built on it), which reads
+``guider.cfg`` on every call. One call is made at another CFG scale by setting ``cfg``, calling, and
+restoring it in ``finally``. ComfyUI itself skips the unconditional batch when the scale is 1 (its
+cfg1 optimisation, unless ``disable_cfg1_optimization`` is set); at scale 0 it runs both batches.
+
+Paper symbols: γ₁ is the guider's ``cfg`` (every denoising call), γ₂ the ``inversion_scale`` (every
+inversion call), λ the zigzag steps, T_max the zigzag rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import comfy.k_diffusion.sampling
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.samplers
+import torch
+
+from zigzag_kdiff import register_k_diffusion
+from zigzag_kdiff import sampling as engine
+from zigzag_kdiff.guidance import GuidanceInterval, check_finite
+
+SAMPLER_NAMES = ("zigzag_euler", "zigzag_ddim")
+"""Names added to the KSampler / KSamplerSelect dropdowns (engine defaults: γ₂ = 0, λ = steps − 1, T_max = 1)."""
+
+RULES = {
+    "euler": (engine.sample_zigzag_euler, {}),
+    "ddim": (engine.sample_zigzag_ddim, {"inversion_update": "paper"}),
+    "ddim_released": (engine.sample_zigzag_ddim, {"inversion_update": "released"}),
+}
+"""Inversion rules of the Zigzag Sampler node: engine function and its fixed options."""
+
+GUIDANCE_INTERVAL_KEY = "zigzag_kdiff_guidance_interval"
+"""Key of the Guidance Interval patch among the model's ``predict_noise`` wrappers."""
+
+
+# --- the guider ----------------------------------------------------------------------------------
+
+
+def scalable_guider(guider: Any, purpose: str) -> Any:
+    """Return ``guider`` if its CFG scale is a numeric ``cfg`` it reads on every call, else raise."""
+    name = type(guider).__name__
+    cfg = getattr(guider, "cfg", None)
+    if isinstance(cfg, bool) or not isinstance(cfg, (int, float)):
+        raise ValueError(
+            f"{purpose} switches the guider's CFG scale, but {name} has no numeric 'cfg' attribute; "
+            "use KSampler, SamplerCustom or the CFGGuider node"
+        )
+    if hasattr(guider, "cfg1") or hasattr(guider, "cfg2"):
+        raise ValueError(
+            f"{purpose} switches the guider's CFG scale 'cfg', but {name} keeps its scales in cfg1/cfg2 "
+            "(DualCFGGuider); use KSampler, SamplerCustom or the CFGGuider node"
+        )
+    return guider
+
+
+def drivable_guider(model: Any) -> Any:
+    """The guider behind ComfyUI's k-diffusion model, checked to support zigzag inversion calls."""
+    guider = scalable_guider(getattr(model, "inner_model", None), "zigzag sampling")
+    conds = getattr(guider, "conds", None) or {}
+    if not conds.get("negative"):
+        raise ValueError(
+            f"zigzag sampling evaluates inversion calls at inversion_scale (γ₂) with the negative "
+            f"conditioning, but {type(guider).__name__} has none (BasicGuider); use KSampler, SamplerCustom "
+            "or the CFGGuider node with a negative prompt, or zigzag steps 0 for plain sampling"
+        )
+    return guider
+
+
+@contextlib.contextmanager
+def guider_scale(guider: Any, scale: float) -> Iterator[Any]:
+    """Set ``guider.cfg = scale`` for the ``with`` block; the previous value is restored even on errors."""
+    previous = guider.cfg
+    guider.cfg = scale
+    try:
+        yield guider
+    finally:
+        guider.cfg = previous
+
+
+class GuiderScaleSwitch:
+    """The engine's ``call_at_scale`` for ComfyUI: set the guider's cfg, call the model, restore the cfg."""
+
+    def __init__(self, guider: Any) -> None:
+        self.guider = guider
+
+    def __call__(
+        self, model: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, scale: float
+    ) -> torch.Tensor:
+        with guider_scale(self.guider, scale):
+            return model(x, sigma, **extra_args)
+
+
+# --- guidance interval ---------------------------------------------------------------------------
+
+
+def interval_from_percent(model_sampling: Any, start_percent: float, end_percent: float) -> GuidanceInterval:
+    """ComfyUI's sampling percent (0 = first step, 1 = end) to ``[σ(end_percent), σ(start_percent)]``."""
+    start = check_finite("start_percent", start_percent)
+    end = check_finite("end_percent", end_percent)
+    if not 0.0 <= start <= end <= 1.0:
+        raise ValueError(
+            "start_percent and end_percent must satisfy 0 <= start_percent <= end_percent <= 1, "
+            f"got start_percent={start:g}, end_percent={end:g}"
+        )
+    return GuidanceInterval(model_sampling.percent_to_sigma(end), model_sampling.percent_to_sigma(start))
+
+
+def call_in_interval(guider: Any, interval: GuidanceInterval, sigma: torch.Tensor, call: Callable[[], Any]) -> Any:
+    """Run ``call`` with the guider's own scale inside the interval and at scale 1 outside it.
+
+    At scale 1 ComfyUI evaluates the conditional batch only; a guider already at 1 is left alone.
+    """
+    scalable_guider(guider, "the guidance interval")
+    if guider.cfg == 1.0 or interval.contains(float(sigma.max())):
+        return call()
+    with guider_scale(guider, 1.0):
+        return call()
+
+
+class GuidanceIntervalWrapper:
+    """A ``predict_noise`` wrapper (ComfyUI's WrappersMP.PREDICT_NOISE): CFG only inside the interval."""
+
+    def __init__(self, interval: GuidanceInterval) -> None:
+        self.interval = interval
+
+    def __call__(self, executor: Any, x: torch.Tensor, timestep: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return call_in_interval(
+            executor.class_obj, self.interval, timestep, lambda: executor(x, timestep, *args, **kwargs)
+        )
+
+
+def patch_guidance_interval(model_patcher: Any, interval: GuidanceInterval) -> Any:
+    """A clone of ``model_patcher`` whose guider applies CFG only inside ``interval`` (replaces an earlier one)."""
+    patched = model_patcher.clone()
+    wrapper_type = comfy.patcher_extension.WrappersMP.PREDICT_NOISE
+    patched.remove_wrappers_with_key(wrapper_type, GUIDANCE_INTERVAL_KEY)
+    patched.add_wrapper_with_key(wrapper_type, GUIDANCE_INTERVAL_KEY, GuidanceIntervalWrapper(interval))
+    return patched
+
+
+def patched_interval(model_options: dict) -> GuidanceInterval | None:
+    """The interval of a Guidance Interval patch among the sampling run's wrappers, if any."""
+    wrappers = comfy.patcher_extension.get_wrappers_with_key(
+        comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_INTERVAL_KEY, model_options, is_model_options=True
+    )
+    return wrappers[-1].interval if wrappers else None
+
+
+def intersect(first: GuidanceInterval | None, second: GuidanceInterval | None) -> GuidanceInterval | None:
+    """Where both intervals guide; an empty intersection is ``[0, 0]`` (no step can zigzag there)."""
+    if first is None or second is None:
+        return first if second is None else second
+    low, high = max(first.sigma_low, second.sigma_low), min(first.sigma_high, second.sigma_high)
+    return GuidanceInterval(low, high) if low <= high else GuidanceInterval(0.0, 0.0)
+
+
+class IntervalDenoiser:
+    """ComfyUI's k-diffusion model with CFG only inside the Zigzag Sampler's own guidance interval."""
+
+    def __init__(self, model: Any, interval: GuidanceInterval) -> None:
+        self.model = model
+        self.interval = interval
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return call_in_interval(self.model.inner_model, self.interval, sigma, lambda: self.model(x, sigma, **kwargs))
+
+
+# --- samplers ------------------------------------------------------------------------------------
+
+
+def resolve_zigzag_steps(
+    steps: int, zigzag_steps: int | None = None, zigzag_fraction: float | None = None
+) -> int | None:
+    """λ from a count (checked by the engine) or a fraction f of the ``steps`` sampled: round(f·steps) ≤ steps − 1."""
+    if zigzag_fraction is None:
+        return zigzag_steps
+    if zigzag_steps is not None:
+        raise ValueError("give zigzag_steps (a count) or zigzag_fraction, not both")
+    fraction = check_finite("zigzag_fraction", zigzag_fraction)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"zigzag_fraction must be in [0, 1] (share of the sampling steps), got {fraction:g}")
+    return min(steps - 1, math.floor(fraction * steps + 0.5))
+
+
+def _check_rule_fits_model(guider: Any, rule: str) -> None:
+    model_sampling = getattr(getattr(guider, "inner_model", None), "model_sampling", None)
+    if rule != "euler" and isinstance(model_sampling, comfy.model_sampling.CONST):
+        raise ValueError(
+            f"rule {rule!r} inverts with the DDIM rule of ε/v-prediction models; this is a flow model "
+            "(CONST sampling): use rule 'euler' (zigzag_euler)"
+        )
+
+
+@torch.no_grad()
+def sample_zigzag(
+    model: Any,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callable[[dict], Any] | None = None,
+    disable: bool | None = None,
+    *,
+    rule: str = "euler",
+    inversion_scale: float = 0.0,
+    zigzag_steps: int | None = None,
+    zigzag_fraction: float | None = None,
+    zigzag_rounds: int = 1,
+    guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Z-Sampling as a ComfyUI sampler function (``comfy.samplers.KSAMPLER`` signature).
+
+    γ₁ is the guider's ``cfg``; inversion calls run at ``inversion_scale`` (γ₂) through
+    :class:`GuiderScaleSwitch`. λ is ``zigzag_steps`` or ``zigzag_fraction`` of the steps sampled
+    (default steps − 1); T_max is ``zigzag_rounds``. ``guidance_interval`` ``(sigma_low, sigma_high)``
+    applies CFG only inside it; a Guidance Interval patch on the model does the same. Zigzag runs only
+    on steps inside the interval(s), as the engine defines.
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
+    if len(sigmas) <= 1:  # nothing to sample (e.g. split sigmas), as ComfyUI's own samplers
+        return x
+    extra_args = {} if extra_args is None else extra_args
+    zigzag_steps = resolve_zigzag_steps(len(sigmas) - 1, zigzag_steps, zigzag_fraction)
+    own_interval = GuidanceInterval.parse(guidance_interval)
+    interval = intersect(own_interval, patched_interval(extra_args.get("model_options", {})))
+    denoiser = model if own_interval is None else IntervalDenoiser(model, own_interval)
+    function, fixed = RULES[rule]
+    options: dict[str, Any] = dict(
+        fixed, inversion_scale=inversion_scale, zigzag_steps=zigzag_steps, zigzag_rounds=zigzag_rounds
+    )
+    calls = engine.count_model_calls(sigmas, zigzag_steps, zigzag_rounds, interval)  # validates λ, T_max, sigmas
+    if calls > len(sigmas) - 1:  # some step zigzags: inversion calls need the guider's scale switch
+        guider = drivable_guider(model)
+        _check_rule_fits_model(guider, rule)
+        options.update(call_at_scale=GuiderScaleSwitch(guider), cond_scale=guider.cfg)
+    return function(denoiser, x, sigmas, extra_args, callback, disable, guidance_interval=interval, **options)
+
+
+def _dropdown_sampler(name: str, rule: str) -> Callable[..., torch.Tensor]:
+    function = RULES[rule][0]
+
+    @functools.wraps(function)  # marks it as wrapping the engine's sampler (register_k_diffusion checks)
+    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, **options):
+        return sample_zigzag(model, x, sigmas, extra_args, callback, disable, rule=rule, **options)
+
+    sampler.__doc__ = f"``{name}`` for ComfyUI's KSampler: :func:`sample_zigzag` with rule {rule!r}."
+    sampler.__signature__ = inspect.signature(sampler, follow_wrapped=False)  # type: ignore[attr-defined]
+    return sampler
+
+
+sample_zigzag_euler = _dropdown_sampler("zigzag_euler", "euler")
+sample_zigzag_ddim = _dropdown_sampler("zigzag_ddim", "ddim")
+
+
+def register_samplers() -> list[str]:
+    """Add ``zigzag_euler`` / ``zigzag_ddim`` to KSampler and KSamplerSelect (idempotent).
+
+    Sets ``comfy.k_diffusion.sampling.sample_<name>`` (through ``register_k_diffusion``, which refuses a
+    foreign attribute before setting anything), then appends the names to ``comfy.samplers.SAMPLER_NAMES``
+    and ``comfy.samplers.KSampler.SAMPLERS`` (the same list in ComfyUI) where missing.
+    """
+    register_k_diffusion(
+        comfy.k_diffusion.sampling, {"zigzag_euler": sample_zigzag_euler, "zigzag_ddim": sample_zigzag_ddim}
+    )
+    dropdowns = {id(names): names for names in (comfy.samplers.SAMPLER_NAMES, comfy.samplers.KSampler.SAMPLERS)}
+    for names in dropdowns.values():
+        names.extend([name for name in SAMPLER_NAMES if name not in names])
+    return list(SAMPLER_NAMES)
