@@ -73,7 +73,10 @@ class Setup:
         }
         self.uncond = {
             "encoder_hidden_states": torch.zeros(1, TOKENS, WIDTH),
-            "added_cond_kwargs": {"text_embeds": torch.zeros(1, POOLED), "time_ids": self.cond["added_cond_kwargs"]["time_ids"]},
+            "added_cond_kwargs": {
+                "text_embeds": torch.zeros(1, POOLED),
+                "time_ids": self.cond["added_cond_kwargs"]["time_ids"],
+            },
         }
         self.latents = torch.randn(LATENT, generator=torch.Generator().manual_seed(42))  # x_T, VP form
 

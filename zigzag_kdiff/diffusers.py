@@ -203,9 +203,7 @@ def encode_prompts(
             raise ValueError("a UNet with SDXL's text_time embedding needs a pipeline whose encode_prompt pools")
         pooled, negative_pooled = encoded[2], encoded[3]
         text_encoder_2 = getattr(pipe, "text_encoder_2", None)
-        projection_dim = (
-            int(pooled.shape[-1]) if text_encoder_2 is None else int(text_encoder_2.config.projection_dim)
-        )
+        projection_dim = int(pooled.shape[-1]) if text_encoder_2 is None else int(text_encoder_2.config.projection_dim)
         time_ids = pipe._get_add_time_ids(
             tuple(original_size or (height, width)),
             tuple(crops_coords_top_left),

@@ -118,7 +118,9 @@ def tiny_pipeline(kind: str = "sd15", sample_size: int = 8, seed: int = 0) -> An
             text_encoder_2=tiny_text_encoder(vocab, seed=seed + 2, projection_dim=32, hidden_act="gelu"),
             tokenizer=tokenizer,
             tokenizer_2=tiny_tokenizer(),
-            unet=tiny_unet(cross_attention_dim=64, sample_size=sample_size, seed=seed + 3, sdxl=True, text_embeds_dim=32),
+            unet=tiny_unet(
+                cross_attention_dim=64, sample_size=sample_size, seed=seed + 3, sdxl=True, text_embeds_dim=32
+            ),
             # SDXL's scheduler config, extra keys included (a DDIM scheduler made from it inherits them)
             scheduler=EulerDiscreteScheduler.from_config(
                 {
