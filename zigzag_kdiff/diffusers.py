@@ -470,7 +470,7 @@ def load_pipeline(
         from .tiny import tiny_pipeline
 
         pipe = tiny_pipeline(TINY_MODELS[model])
-        if dtype is not None:
+        if dtype is not None and dtype != pipe.unet.dtype:
             pipe = pipe.to(dtype=dtype)
     elif path.is_dir():
         pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, local_files_only=True, **kwargs)
