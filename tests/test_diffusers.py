@@ -207,17 +207,44 @@ def test_bad_arguments_raise_before_sampling(pipes):
         generate(pipe, "a dog", height=60)
 
 
-def test_fp16_vae_is_upcast_for_decoding_and_restored_even_on_error(pipes):
-    pipe = pipes["sd15"]
+def test_model_schedule_follows_the_pipelines_scheduler(pipes):
+    from diffusers import HeunDiscreteScheduler, KDPM2DiscreteScheduler
+
+    from zigzag_kdiff.diffusers import denoiser_for, sigmas_for
+
+    pipe = pipes["sdxl"]  # Euler scheduler: its own sigmas, ending at 0
+    own = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    own.set_timesteps(STEPS)
+    assert torch.equal(sigmas_for(pipe, denoiser_for(pipe), "model", STEPS), own.sigmas.float())
+    pipe = pipes["sd15"]  # PNDM: its timesteps (the repeated one dropped) and σ(0) at the end
+    sigmas = sigmas_for(pipe, denoiser_for(pipe), "model", STEPS)
+    assert len(sigmas) == STEPS + 1 and float(sigmas[-1]) == pytest.approx(0.029168, abs=1e-6)
+    original = pipe.scheduler
+    try:
+        pipe.scheduler = HeunDiscreteScheduler.from_config(original.config)  # repeats: dropped
+        assert len(sigmas_for(pipe, denoiser_for(pipe), "model", STEPS)) == STEPS + 1
+        pipe.scheduler = KDPM2DiscreteScheduler.from_config(original.config)  # interpolated timesteps
+        with pytest.raises(ValueError, match="schedule 'model'"):
+            sigmas_for(pipe, denoiser_for(pipe), "model", STEPS)
+    finally:
+        pipe.scheduler = original
+
+
+def test_sdxl_fp16_vae_is_upcast_for_decoding_and_restored_even_on_error(pipes):
+    pipe = pipes["sdxl"]
+    seen = []
+    hook = pipe.vae.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].dtype))
     pipe.vae.to(torch.float16)
     try:
         image = decode_latents(pipe, latents(pipe), output_type="pt")
+        assert seen == [torch.float32]  # decoded in float32, as StableDiffusionXLPipeline does
         assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
         assert pipe.vae.dtype == torch.float16
         with pytest.raises(RuntimeError):
             decode_latents(pipe, torch.zeros(1, 3, 8, 8))  # wrong channel count fails inside the VAE
         assert pipe.vae.dtype == torch.float16
     finally:
+        hook.remove()
         pipe.vae.to(torch.float32)
 
 

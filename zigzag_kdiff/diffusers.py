@@ -121,6 +121,11 @@ def _model_sigmas(scheduler: Any, denoiser: torch.nn.Module, steps: int) -> torc
     if isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1 and len(sigmas) == steps + 1:
         return sigmas.float().cpu()
     timesteps = torch.unique_consecutive(own.timesteps.cpu().float())
+    if len(timesteps) != steps:
+        raise ValueError(
+            f"schedule 'model': {type(scheduler).__name__} gives {len(timesteps)} distinct timesteps for "
+            f"{steps} steps; use one of the schedules {[s for s in SCHEDULES if s != 'model']}"
+        )
     levels = denoiser.t_to_sigma(timesteps.to(denoiser.sigmas.device)).cpu()
     final = getattr(own, "final_alpha_cumprod", None)
     end = 0.0 if final is None else float(((1 - final) / final) ** 0.5)
@@ -249,13 +254,14 @@ def initial_noise(shape: Sequence[int], generators: Sequence[torch.Generator]) -
 
 
 def decode_latents(pipe: Any, latents: torch.Tensor, output_type: str = "pil") -> Any:
-    """The pipeline's own decode path: VAE (fp16 VAEs with ``force_upcast`` run in float32 and are put
-    back afterwards, even on error), safety checker and watermark if the pipeline has them, then its
-    image processor. ``latents`` are VP latents; ``output_type="latent"`` returns them unchanged."""
+    """The pipeline's own decode path: VAE (in SDXL pipelines an fp16 VAE with ``force_upcast`` runs in
+    float32 and is put back afterwards, even on error), safety checker and watermark if the pipeline
+    has them, then its image processor. ``latents`` are VP latents; ``output_type="latent"`` returns them unchanged."""
     if output_type == "latent":
         return latents
     vae = pipe.vae
-    upcast = vae.dtype == torch.float16 and bool(vae.config.get("force_upcast", False))
+    # as the pipelines do: SDXL's (which have upcast_vae) decode fp16 VAEs with force_upcast in float32
+    upcast = hasattr(pipe, "upcast_vae") and vae.dtype == torch.float16 and bool(vae.config.get("force_upcast"))
     mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
     if mean is not None and std is not None:
         channels = latents.shape[1]
