@@ -102,6 +102,7 @@ def test_a_saved_folder_round_trips_through_the_cli(tmp_path):
         (["--model", "someone/some-model"], "needs network access"),
         (["--model", "model.ckpt"], "only .safetensors"),
         (["--threads", "0"], "threads must be >= 1"),
+        (["--guidance-interval", "5", "1"], "sigma_low <= sigma_high"),
     ],
 )
 def test_bad_settings_fail_fast_with_one_clear_line(tmp_path, monkeypatch, capsys, extra, message):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .guidance import GuidanceInterval
 
 METHODS = ("euler", "dpmpp_2m", "zigzag_euler", "zigzag_ddim", "cfg_matched")
 """Method keys, in the default order of the grid's columns."""
@@ -68,6 +69,7 @@ class CompareSettings:
             )
         if not self.prompts or not self.seeds:
             raise ValueError("prompts and seeds must not be empty")
+        GuidanceInterval.parse(self.guidance_interval)  # raises for low > high, negative or NaN bounds
         if self.ddim_update not in ("paper", "released"):
             raise ValueError(f"ddim_update must be 'paper' or 'released', got {self.ddim_update!r}")
 
