@@ -14,6 +14,110 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _torch_dtype(name: str, device: str) -> object:
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import torch
+
+    from .compare import CompareSettings, run_compare
+    from .diffusers import load_pipeline
+
+    settings = CompareSettings(
+        model=args.model,
+        prompts=args.prompt or ["A small yellow dog."],
+        negative_prompt=args.negative_prompt,
+        steps=args.steps,
+        cfg_scale=args.cfg,
+        inversion_scale=args.inversion_scale,
+        zigzag_steps=args.zigzag_steps,
+        zigzag_rounds=args.zigzag_rounds,
+        ddim_update=args.ddim_update,
+        schedule=args.schedule,
+        guidance_interval=tuple(args.guidance_interval) if args.guidance_interval else None,
+        seeds=args.seeds,
+        width=args.width,
+        height=args.height,
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+    )
+    settings.validate()  # before loading a model
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = _torch_dtype(args.dtype, device)
+    pipe = load_pipeline(args.model, device=device, dtype=dtype, config=args.model_config)
+    summary = run_compare(pipe, settings, args.out, progress=not args.quiet, device=device, dtype=str(dtype))
+    print(f"{'method':<28} {'model calls':>11} {'UNet rows':>9} {'s/image':>8}")
+    for method in summary["methods"]:
+        print(
+            f"{method['label']:<28} {method['model_calls_per_image']:>11} {method['batch_rows_per_image']:>9} "
+            f"{method['mean_wall_seconds_per_image']:>8.2f}"
+        )
+    print(f"wrote {len(summary['images'])} images, grid.png and compare.json to {args.out}")
+    return 0
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    from .compare import METHODS
+
+    schedules = ("ddim", "karras", "exponential", "model")  # zigzag_kdiff.diffusers.SCHEDULES
+    compare = commands.add_parser(
+        "compare",
+        help="the same prompts and seeds through Euler, DPM++ 2M, Z-Sampling and matched-strength CFG",
+        description="Generate every prompt × seed with each method from the same initial noise; write PNGs "
+        "(A1111 'parameters' metadata), a labelled grid.png and compare.json.",
+    )
+    compare.add_argument(
+        "--model",
+        default="tiny",
+        help="local diffusers folder, single-file .safetensors, hub id (needs network), or tiny / tiny-sd2-v / "
+        "tiny-sdxl: a tiny random-weight pipeline (default: tiny)",
+    )
+    compare.add_argument("--model-config", help="for a single-file checkpoint offline: a local diffusers folder")
+    compare.add_argument("--prompt", action="append", help="a prompt (repeat for several; default: a released one)")
+    compare.add_argument("--negative-prompt", help="negative prompt (default: none; SDXL then uses zero embeddings)")
+    compare.add_argument("--steps", type=int, default=30, help="sampling steps T (default 30)")
+    compare.add_argument("--cfg", type=float, default=5.5, help="γ₁, CFG scale of denoising calls (default 5.5)")
+    compare.add_argument(
+        "--inversion-scale", type=float, default=0.0, help="γ₂, CFG scale of inversion calls (default 0: uncond)"
+    )
+    compare.add_argument("--zigzag-steps", type=int, help="λ, zigzag on the first λ steps (default steps − 1)")
+    compare.add_argument("--zigzag-rounds", type=int, default=1, help="T_max, zigzag rounds per step (default 1)")
+    compare.add_argument(
+        "--ddim-update", choices=("paper", "released"), default="paper", help="inversion update of Z-Sampling (DDIM)"
+    )
+    compare.add_argument("--schedule", choices=schedules, default="karras", help="sigma schedule (default karras)")
+    compare.add_argument(
+        "--guidance-interval",
+        nargs=2,
+        type=float,
+        metavar=("SIGMA_LOW", "SIGMA_HIGH"),
+        help="CFG (and zigzag) only for sigma in [low, high]; high may be inf",
+    )
+    compare.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one grid row each (default 0)")
+    compare.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
+    compare.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
+    compare.add_argument("--device", help="cuda, cpu, … (default: cuda if available)")
+    compare.add_argument(
+        "--dtype",
+        choices=("auto", "float32", "float16", "bfloat16"),
+        default="auto",
+        help="model dtype (default auto: float16 on CUDA, else float32)",
+    )
+    compare.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
+    compare.add_argument("--out", default="compare-out", help="output folder (default compare-out)")
+    compare.add_argument("--threads", type=int, help="CPU threads for torch (tiny models on CPU: 1 is fastest)")
+    compare.add_argument("--quiet", action="store_true", help="no progress bar")
+    compare.set_defaults(run=_compare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zigzag-kdiff", description="Z-Sampling for k-diffusion and its hosts.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -22,12 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=50, help="sampling steps T (default 50)")
     bench.add_argument("--repeats", type=int, default=3, help="interleaved repetitions, median reported (default 3)")
     bench.set_defaults(run=_bench)
+    _add_compare(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as error:  # bad settings or an unusable --model: one clear line, no traceback
+        print(f"zigzag-kdiff {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""``zigzag-kdiff compare`` end to end on tiny random pipelines (the real CLI entry point)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("k_diffusion")
+
+from zigzag_kdiff.cli import main  # noqa: E402
+from zigzag_kdiff.compare import METHODS, CompareSettings, a1111_parameters, build_methods  # noqa: E402
+
+FAST = ["--threads", "1", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def pixels(path) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB").tobytes()
+
+
+def test_default_methods_write_pngs_grid_and_json(tmp_path):
+    out = tmp_path / "out"
+    argv = ["compare", "--model", "tiny", "--steps", "3", "--seeds", "0", "--out", str(out)]
+    assert main(argv + ["--prompt", "a dog", "--prompt", "a cat", "--negative-prompt", "blurry"] + FAST) == 0
+    from PIL import Image
+
+    summary = json.loads((out / "compare.json").read_text())
+    assert [m["key"] for m in summary["methods"]] == list(METHODS)
+    assert len(summary["images"]) == 2 * len(METHODS)
+    calls = {m["key"]: (m["model_calls_per_image"], m["batch_rows_per_image"]) for m in summary["methods"]}
+    # T = 3, λ = 2, T_max = 1, γ₂ = 0: T + 2λ calls; 2T + 3λ rows (uncond-only inversions)
+    assert calls == {
+        "euler": (3, 6),
+        "dpmpp_2m": (3, 6),
+        "zigzag_euler": (7, 12),
+        "zigzag_ddim": (7, 12),
+        "cfg_matched": (3, 6),
+    }
+    assert summary["settings"]["matched_scale"] == 11.0 and summary["wall_seconds"] > 0
+    with Image.open(out / summary["images"][0]["file"]) as first:
+        parameters = first.text["parameters"]
+        assert first.size == (64, 64)
+    assert parameters.splitlines()[:2] == ["a dog", "Negative prompt: blurry"]
+    assert "Steps: 3, Sampler: Euler, Schedule type: Karras, CFG scale: 5.5, Seed: 0, Size: 64x64" in parameters
+    with Image.open(out / "grid.png") as grid:  # 5 columns of 128-pixel tiles (64 enlarged), 2 rows
+        assert 5 * 128 < grid.width < 6 * 128 and 2 * 128 < grid.height < 3 * 128
+    # methods differ from one another on the same noise
+    assert len({pixels(out / r["file"]) for r in summary["images"] if r["seed"] == 0 and r["prompt"] == "a dog"}) == 5
+
+
+def test_every_method_starts_from_the_same_noise(tmp_path):
+    """With λ = 0 Z-Sampling is Euler, and with γ₂ = γ₁ the matched scale 2γ₁ − γ₂ is γ₁: all three
+    columns must then be the same image, which they are only if they share the initial noise."""
+    out = tmp_path / "same"
+    argv = ["compare", "--model", "tiny-sdxl", "--steps", "3", "--seeds", "5", "--out", str(out)]
+    argv += [
+        "--cfg",
+        "4",
+        "--inversion-scale",
+        "4",
+        "--zigzag-steps",
+        "0",
+        "--methods",
+        "euler,zigzag_euler,cfg_matched",
+    ]
+    assert main(argv + FAST) == 0
+    images = {pixels(path) for path in out.glob("p00-seed5-*.png")}
+    assert len(list(out.glob("p00-seed5-*.png"))) == 3 and len(images) == 1
+
+
+def test_a_saved_folder_round_trips_through_the_cli(tmp_path):
+    from zigzag_kdiff.tiny import tiny_pipeline
+
+    tiny_pipeline("sd2-v").save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    argv = ["compare", "--model", str(tmp_path / "model"), "--steps", "2", "--methods", "zigzag_ddim"]
+    assert main(argv + ["--ddim-update", "released", "--schedule", "ddim", "--out", str(out)] + FAST) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["methods"][0]["options"]["inversion_update"] == "released"
+    assert summary["methods"][0]["model_calls_per_image"] == 2 + 2 * 1
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--cfg", "3", "--inversion-scale", "4"], "inversion_scale"),
+        (["--steps", "4", "--zigzag-steps", "4"], r"zigzag_steps \(λ\) must be in \[0, 3\]"),
+        (["--methods", "euler,heun"], "methods must be"),
+        (["--model", "someone/some-model"], "needs network access"),
+        (["--model", "model.ckpt"], "only .safetensors"),
+        (["--threads", "0"], "threads must be >= 1"),
+        (["--guidance-interval", "5", "1"], "sigma_low <= sigma_high"),
+    ],
+)
+def test_bad_settings_fail_fast_with_one_clear_line(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.ckpt").write_bytes(b"never unpickled")
+    assert main(["compare", "--out", str(tmp_path / "out")] + extra) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("zigzag-kdiff compare: error:") and re.search(message, error)
+    assert not (tmp_path / "out").exists()
+
+
+def test_parameters_string_for_a_guidance_interval_and_released_ddim():
+    settings = CompareSettings(steps=10, guidance_interval=(0.28, 5.42), ddim_update="released", schedule="ddim")
+    zigzag_ddim = build_methods(settings)[3]
+    text = a1111_parameters("a dog", settings, zigzag_ddim, 42, 64, 48)
+    assert text.splitlines()[0] == "a dog" and "Negative prompt" not in text
+    assert "Sampler: Z-Sampling DDIM, Schedule type: DDIM" in text
+    assert "Zigzag inversion scale: 0, Zigzag steps: 9, Zigzag rounds: 1, Zigzag DDIM update: released" in text
+    assert 'Guidance interval: "0.28-5.42"' in text and "Size: 64x48" in text

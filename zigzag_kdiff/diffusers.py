@@ -1,0 +1,520 @@
+"""Generate with a loaded diffusers pipeline through k-diffusion samplers, zigzag ones included.
+
+Works with any pipeline that has a ``unet`` (``UNet2DConditionModel``), a ``scheduler`` with
+``alphas_cumprod`` (ε- or v-prediction), ``encode_prompt``, a ``vae`` and an ``image_processor``:
+SD 1.x, SD 2.x (including v-prediction) and SDXL. What diffusers does is left to diffusers: the
+pipeline's own ``encode_prompt`` (so SDXL's zero unconditional embeddings when no negative prompt is
+given, ``force_zeros_for_empty_prompt``, exactly as the released Z-Sampling code),
+``_get_add_time_ids`` (SDXL micro-conditioning), VAE decode, safety checker, watermark and image
+processor. The UNet becomes a k-diffusion denoiser through k-diffusion's own
+``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser`` and :class:`zigzag_kdiff.models.UNetEps`;
+CFG (branch skipping at scale 0 and 1, the guidance interval) is :class:`zigzag_kdiff.CFGDenoiser`.
+
+Conventions. The sampler state is float32 in k-diffusion's variance-exploding form on the pipeline's
+execution device; the UNet runs in its own dtype (fp16 on CUDA for real models). Initial noise is
+drawn on the CPU in float32 from one generator per image (the same seed gives the same noise on any
+device) and scaled by ``sqrt(1 + σ₀²)``, the VE form of diffusers' unit-variance latent at σ₀. The
+final latent ``z`` at ``σ_end`` is decoded in the VP form ``z / sqrt(1 + σ_end²)`` (the DDIM
+schedule ends at σ(0) > 0, as the released code). Requires the ``[diffusers]`` and ``[kdiffusion]``
+extras.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import random
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .guidance import CallCounter, CFGDenoiser, GuidanceInterval
+from .kdiffusion import SAMPLERS
+from .models import UNetEps
+from .sampling import ddim_sigmas
+
+__all__ = [
+    "SCHEDULES",
+    "Generation",
+    "denoiser_for",
+    "sigmas_for",
+    "resolve_sampler",
+    "encode_prompts",
+    "initial_noise",
+    "decode_latents",
+    "generate",
+    "load_pipeline",
+]
+
+SCHEDULES = ("ddim", "karras", "exponential", "model")
+"""Sigma schedules: ``ddim`` (leading spacing with the model's steps offset, ending at σ(0) as
+diffusers' ``DDIMScheduler`` with ``set_alpha_to_one=False``), ``karras`` and ``exponential``
+(k-diffusion's, between the model's σ_min and σ_max, ending at 0), ``model`` (the pipeline's own
+scheduler's noise levels for this step count)."""
+
+TINY_MODELS = {"tiny": "sd15", "tiny-sd15": "sd15", "tiny-sd2-v": "sd2-v", "tiny-sdxl": "sdxl"}
+"""``--model`` names that build a tiny random-weight pipeline (:mod:`zigzag_kdiff.tiny`)."""
+
+
+# --- the model as a k-diffusion denoiser ---------------------------------------------------------
+
+
+def _device_of(pipe: Any) -> torch.device:
+    device = getattr(pipe, "_execution_device", None)
+    return torch.device(device) if device is not None else pipe.unet.device
+
+
+def denoiser_for(pipe: Any) -> torch.nn.Module:
+    """k-diffusion's discrete denoiser for the pipeline's UNet (ε- or v-prediction, quantized t)."""
+    from k_diffusion.external import DiscreteEpsDDPMDenoiser, DiscreteVDDPMDenoiser
+
+    alphas_cumprod = getattr(pipe.scheduler, "alphas_cumprod", None)
+    if alphas_cumprod is None:
+        raise ValueError(
+            f"the pipeline's scheduler ({type(pipe.scheduler).__name__}) has no alphas_cumprod: only "
+            "discrete-time DDPM models (SD 1.x, SD 2.x, SDXL) are supported"
+        )
+    prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
+    wrappers = {"epsilon": DiscreteEpsDDPMDenoiser, "v_prediction": DiscreteVDDPMDenoiser}
+    if prediction not in wrappers:
+        raise ValueError(f"prediction_type must be one of {sorted(wrappers)}, got {prediction!r}")
+    alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float32)
+    return wrappers[prediction](UNetEps(pipe.unet), alphas_cumprod, quantize=True).to(_device_of(pipe))
+
+
+def sigmas_for(pipe: Any, denoiser: torch.nn.Module, schedule: str, steps: int) -> torch.Tensor:
+    """The ``steps + 1`` noise levels of ``schedule`` (see :data:`SCHEDULES`), float32 on the CPU."""
+    from k_diffusion import sampling as k_sampling
+
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    config = pipe.scheduler.config
+    sigma_min, sigma_max = float(denoiser.sigma_min), float(denoiser.sigma_max)
+    if schedule == "ddim":
+        return ddim_sigmas(
+            torch.as_tensor(pipe.scheduler.alphas_cumprod, dtype=torch.float32).cpu(),
+            steps,
+            steps_offset=int(config.get("steps_offset", 0)),
+            set_alpha_to_one=bool(config.get("set_alpha_to_one", False)),
+        ).float()
+    if schedule == "karras":
+        return k_sampling.get_sigmas_karras(steps, sigma_min, sigma_max).float()
+    if schedule == "exponential":
+        return k_sampling.get_sigmas_exponential(steps, sigma_min, sigma_max).float()
+    if schedule == "model":
+        return _model_sigmas(pipe.scheduler, denoiser, steps)
+    raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+
+
+def _model_sigmas(scheduler: Any, denoiser: torch.nn.Module, steps: int) -> torch.Tensor:
+    """The pipeline's own scheduler's noise levels: its ``sigmas`` if it keeps them (Euler, DPM-Solver),
+    else σ of its timesteps (repeats dropped, as PNDM's) and its end point (``final_alpha_cumprod``)."""
+    own = type(scheduler).from_config(scheduler.config)  # a copy: the pipeline's scheduler is untouched
+    own.set_timesteps(steps, device="cpu")
+    sigmas = getattr(own, "sigmas", None)
+    if isinstance(sigmas, torch.Tensor) and sigmas.ndim == 1 and len(sigmas) == steps + 1:
+        return sigmas.float().cpu()
+    timesteps = torch.unique_consecutive(own.timesteps.cpu().float())
+    if len(timesteps) != steps:
+        raise ValueError(
+            f"schedule 'model': {type(scheduler).__name__} gives {len(timesteps)} distinct timesteps for "
+            f"{steps} steps; use one of the schedules {[s for s in SCHEDULES if s != 'model']}"
+        )
+    levels = denoiser.t_to_sigma(timesteps.to(denoiser.sigmas.device)).cpu()
+    final = getattr(own, "final_alpha_cumprod", None)
+    end = 0.0 if final is None else float(((1 - final) / final) ** 0.5)
+    return torch.cat([levels, levels.new_tensor([end])]).float()
+
+
+# --- samplers ------------------------------------------------------------------------------------
+
+
+def resolve_sampler(sampler: str | Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """A sampler function from a name: ours (``zigzag_euler``, ``zigzag_ddim``) or any of
+    k-diffusion's that take ``sigmas`` (``euler``, ``dpmpp_2m``, ``sample_heun``, …), or a callable."""
+    if callable(sampler):
+        return sampler
+    from k_diffusion import sampling as k_sampling
+
+    name = str(sampler).removeprefix("sample_")
+    function = SAMPLERS.get(name) or getattr(k_sampling, f"sample_{name}", None)
+    if function is None or "sigmas" not in inspect.signature(function).parameters:
+        choices = sorted(SAMPLERS) + sorted(
+            n.removeprefix("sample_")
+            for n, f in vars(k_sampling).items()
+            if n.startswith("sample_") and callable(f) and "sigmas" in inspect.signature(f).parameters
+        )
+        raise ValueError(f"sampler must be one of {choices} or a callable, got {sampler!r}")
+    return function
+
+
+def _noise_sampler(generators: Sequence[torch.Generator], like: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """Per-image seeded noise for ancestral/SDE samplers (instead of the global RNG)."""
+
+    def sample(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        noise = [torch.randn(like.shape[1:], generator=g, device=g.device) for g in generators]
+        return torch.stack([n.to(like) for n in noise])
+
+    return sample
+
+
+# --- conditioning --------------------------------------------------------------------------------
+
+
+def _as_list(value: str | Sequence[str], name: str) -> list[str]:
+    values = [value] if isinstance(value, str) else list(value)
+    if not values or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{name} must be a string or a non-empty list of strings, got {value!r}")
+    return values
+
+
+def encode_prompts(
+    pipe: Any,
+    prompts: list[str],
+    negative_prompts: list[str] | None,
+    num_images_per_prompt: int,
+    height: int,
+    width: int,
+    *,
+    original_size: tuple[int, int] | None = None,
+    crops_coords_top_left: tuple[int, int] = (0, 0),
+    target_size: tuple[int, int] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(cond, uncond)`` keyword dicts for the UNet, one row per image (prompt-major order).
+
+    Text comes from the pipeline's own ``encode_prompt``; for UNets with SDXL's ``text_time``
+    embedding the pooled embeddings and the micro-conditioning ids (``original_size``,
+    ``crops_coords_top_left``, ``target_size``; default: the image size, (0, 0)) are added as
+    ``added_cond_kwargs``, from the pipeline's ``_get_add_time_ids``.
+    """
+    device = _device_of(pipe)
+    encoded = pipe.encode_prompt(
+        prompt=prompts,
+        device=device,
+        num_images_per_prompt=num_images_per_prompt,
+        do_classifier_free_guidance=True,
+        negative_prompt=negative_prompts,
+    )
+    cond: dict[str, Any] = {"encoder_hidden_states": encoded[0]}
+    uncond: dict[str, Any] = {"encoder_hidden_states": encoded[1]}
+    if pipe.unet.config.get("addition_embed_type") == "text_time":
+        if len(encoded) != 4:
+            raise ValueError("a UNet with SDXL's text_time embedding needs a pipeline whose encode_prompt pools")
+        pooled, negative_pooled = encoded[2], encoded[3]
+        text_encoder_2 = getattr(pipe, "text_encoder_2", None)
+        projection_dim = int(pooled.shape[-1]) if text_encoder_2 is None else int(text_encoder_2.config.projection_dim)
+        time_ids = pipe._get_add_time_ids(
+            tuple(original_size or (height, width)),
+            tuple(crops_coords_top_left),
+            tuple(target_size or (height, width)),
+            dtype=encoded[0].dtype,
+            text_encoder_projection_dim=projection_dim,
+        ).to(device)
+        time_ids = time_ids.repeat(encoded[0].shape[0], 1)
+        cond["added_cond_kwargs"] = {"text_embeds": pooled, "time_ids": time_ids}
+        uncond["added_cond_kwargs"] = {"text_embeds": negative_pooled, "time_ids": time_ids}
+    return cond, uncond
+
+
+# --- noise and decoding ---------------------------------------------------------------------------
+
+
+def _generators(
+    count: int, seed: int | Sequence[int] | None, generator: torch.Generator | Sequence[torch.Generator] | None
+) -> tuple[list[torch.Generator], list[int] | None]:
+    """One CPU generator per image: seed ``s`` gives images ``s, s+1, …`` (A1111's batch convention)."""
+    if generator is not None and seed is not None:
+        raise ValueError("pass either seed or generator, not both")
+    if generator is not None:
+        generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+        if len(generators) not in (1, count):
+            raise ValueError(f"generator must be one generator or a list of {count} (one per image)")
+        return generators, None
+    if seed is None:
+        seed = random.randrange(2**32)
+    seeds = [int(seed) + k for k in range(count)] if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != count:
+        raise ValueError(f"seed must be an integer or a list of {count} integers (one per image), got {seed!r}")
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds], seeds
+
+
+def initial_noise(shape: Sequence[int], generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Unit-variance float32 noise (returned on the CPU): one generator for the batch or one per image.
+
+    Drawn on each generator's own device; CPU generators give the same noise on every machine."""
+    if len(generators) == 1:
+        return torch.randn(tuple(shape), generator=generators[0], device=generators[0].device).cpu()
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device).cpu() for g in generators])
+
+
+def decode_latents(pipe: Any, latents: torch.Tensor, output_type: str = "pil") -> Any:
+    """The pipeline's own decode path: VAE (in SDXL pipelines an fp16 VAE with ``force_upcast`` runs in
+    float32 and is put back afterwards, even on error), safety checker and watermark if the pipeline
+    has them, then its image processor. ``latents`` are VP latents; ``output_type="latent"`` returns them unchanged."""
+    if output_type == "latent":
+        return latents
+    vae = pipe.vae
+    # as the pipelines do: SDXL's (which have upcast_vae) decode fp16 VAEs with force_upcast in float32
+    upcast = hasattr(pipe, "upcast_vae") and vae.dtype == torch.float16 and bool(vae.config.get("force_upcast"))
+    mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
+    if mean is not None and std is not None:
+        channels = latents.shape[1]
+        mean_t = torch.tensor(mean).view(1, channels, 1, 1).to(latents)
+        std_t = torch.tensor(std).view(1, channels, 1, 1).to(latents)
+        latents = latents * std_t / vae.config.scaling_factor + mean_t
+    else:
+        latents = latents / vae.config.scaling_factor
+    try:
+        if upcast:
+            vae.to(dtype=torch.float32)
+        image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+    do_denormalize = None
+    if getattr(pipe, "safety_checker", None) is not None and hasattr(pipe, "run_safety_checker"):
+        image, nsfw = pipe.run_safety_checker(image, _device_of(pipe), pipe.unet.dtype)
+        if nsfw is not None:
+            do_denormalize = [not flagged for flagged in nsfw]
+    if getattr(pipe, "watermark", None) is not None:
+        image = pipe.watermark.apply_watermark(image)
+    if do_denormalize is None:
+        return pipe.image_processor.postprocess(image, output_type=output_type)
+    return pipe.image_processor.postprocess(image, output_type=output_type, do_denormalize=do_denormalize)
+
+
+# --- generation -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Generation:
+    """What :func:`generate` returns: images (per ``output_type``), VP latents, the seeds used (``None``
+    when generators or noise were given), the sigmas, and the cost: denoiser calls, UNet batch rows,
+    and the sampling wall time in seconds (without text encoding and decoding)."""
+
+    images: Any
+    latents: torch.Tensor
+    seeds: list[int] | None
+    sigmas: torch.Tensor
+    model_calls: int
+    batch_rows: int
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def generate(
+    pipe: Any,
+    prompt: str | Sequence[str],
+    *,
+    negative_prompt: str | Sequence[str] | None = None,
+    sampler: str | Callable[..., torch.Tensor] = "zigzag_euler",
+    steps: int = 30,
+    cfg_scale: float = 5.5,
+    schedule: str = "karras",
+    num_images_per_prompt: int = 1,
+    height: int | None = None,
+    width: int | None = None,
+    seed: int | Sequence[int] | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    noise: torch.Tensor | None = None,
+    guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
+    sampler_options: Mapping[str, Any] | None = None,
+    original_size: tuple[int, int] | None = None,
+    crops_coords_top_left: tuple[int, int] = (0, 0),
+    target_size: tuple[int, int] | None = None,
+    output_type: str = "pil",
+    disable_progress: bool | None = None,
+) -> Generation:
+    """Text-to-image with ``pipe``'s models and a k-diffusion (or zigzag) sampler.
+
+    Args:
+        pipe: a loaded diffusers pipeline (SD 1.x, SD 2.x, SDXL; see the module docstring).
+        prompt: one prompt or a list; ``num_images_per_prompt`` images each (prompt-major order).
+        negative_prompt: one for all prompts or one per prompt; ``None`` is the pipeline's default
+            (``""`` for SD, zero embeddings for SDXL with ``force_zeros_for_empty_prompt``).
+        sampler: ``"zigzag_euler"``, ``"zigzag_ddim"``, a k-diffusion sampler name or a callable.
+        steps: T, sampling steps.
+        cfg_scale: γ₁, CFG scale ``uncond + s·(cond − uncond)`` of every denoising call.
+        schedule: one of :data:`SCHEDULES`.
+        seed: an integer (image k gets ``seed + k``) or one per image; or pass ``generator`` (one, or
+            one per image) or ``noise`` (unit-variance initial latents, ``[images, C, H/8, W/8]``).
+        guidance_interval: ``(sigma_low, sigma_high)``: CFG only there (and zigzag only there).
+        sampler_options: keyword arguments for the sampler, e.g. ``{"inversion_scale": 0.0,
+            "zigzag_steps": 29, "zigzag_rounds": 1}`` (γ₂, λ, T_max) for the zigzag samplers.
+        original_size, crops_coords_top_left, target_size: SDXL micro-conditioning.
+        output_type: ``"pil"``, ``"np"``, ``"pt"`` (the image processor's) or ``"latent"``.
+    """
+    prompts = _as_list(prompt, "prompt")
+    negatives = None
+    if negative_prompt is not None:
+        negatives = _as_list(negative_prompt, "negative_prompt")
+        if len(negatives) == 1:
+            negatives = negatives * len(prompts)
+        if len(negatives) != len(prompts):
+            raise ValueError(f"negative_prompt must be one string or {len(prompts)} (one per prompt)")
+    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+    function = resolve_sampler(sampler)
+    scale_factor = int(getattr(pipe, "vae_scale_factor", 8))
+    height = height or int(pipe.unet.config.sample_size) * scale_factor
+    width = width or int(pipe.unet.config.sample_size) * scale_factor
+    if height % scale_factor or width % scale_factor or height < scale_factor or width < scale_factor:
+        raise ValueError(f"height and width must be positive multiples of {scale_factor}, got {height}x{width}")
+    count = len(prompts) * num_images_per_prompt
+    shape = (count, int(pipe.unet.config.in_channels), height // scale_factor, width // scale_factor)
+
+    device = _device_of(pipe)
+    denoiser = denoiser_for(pipe)
+    sigmas = sigmas_for(pipe, denoiser, schedule, steps)
+    counter = CallCounter(denoiser)
+    model = CFGDenoiser(counter, guidance_interval=guidance_interval)
+    options = dict(sampler_options or {})
+
+    generators, seeds = _generators(count, seed, generator) if noise is None else ([], None)
+    if noise is None:
+        noise = initial_noise(shape, generators)
+    elif tuple(noise.shape) != shape:
+        raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+    x = noise.to(device=device, dtype=torch.float32) * math.sqrt(1 + float(sigmas[0]) ** 2)
+    if generators and "noise_sampler" in inspect.signature(function).parameters and "noise_sampler" not in options:
+        options["noise_sampler"] = _noise_sampler(generators, x)
+
+    cond, uncond = encode_prompts(
+        pipe,
+        prompts,
+        negatives,
+        num_images_per_prompt,
+        height,
+        width,
+        original_size=original_size,
+        crops_coords_top_left=crops_coords_top_left,
+        target_size=target_size,
+    )
+    start = time.perf_counter()
+    x = function(
+        model,
+        x,
+        sigmas.to(device),
+        extra_args={"cond": cond, "uncond": uncond, "cond_scale": cfg_scale},
+        disable=disable_progress,
+        **options,
+    )
+    latents = x / math.sqrt(1 + float(sigmas[-1]) ** 2)
+    seconds = time.perf_counter() - start
+    images = decode_latents(pipe, latents, output_type)
+    interval = model.guidance_interval
+    settings = {
+        "sampler": getattr(sampler, "__name__", sampler),
+        "steps": steps,
+        "cfg_scale": cfg_scale,
+        "schedule": schedule,
+        "size": [width, height],
+        "guidance_interval": None if interval is None else [interval.sigma_low, interval.sigma_high],
+        "sampler_options": {k: v for k, v in options.items() if k != "noise_sampler"},
+    }
+    return Generation(images, latents, seeds, sigmas, counter.calls, counter.rows, seconds, settings)
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def _offline() -> bool:
+    """True if the Hugging Face hub cannot be reached (``HF_HUB_OFFLINE`` set, or no connection)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        return True
+    return False
+
+
+def single_file_pipeline_class(path: str | os.PathLike[str]) -> Any:
+    """The text-to-image pipeline class for an original-format ``.safetensors`` checkpoint, from its
+    tensor names only (nothing is loaded): SDXL base, or SD 1.x/2.x."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return StableDiffusionXLPipeline
+    if any(k.startswith("conditioner.") for k in keys):
+        raise ValueError(f"{path} looks like an SDXL refiner (image-to-image only); use a text-to-image model")
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        return StableDiffusionPipeline
+    raise ValueError(f"{path} is not an SD 1.x/2.x or SDXL checkpoint (no model.diffusion_model.* tensors)")
+
+
+def load_pipeline(
+    model: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    config: str | None = None,
+) -> Any:
+    """Load a text-to-image pipeline for ``--model``; safetensors weights only, never pickle.
+
+    ``model`` is a local diffusers folder (``save_pretrained``), a single-file ``.safetensors``
+    checkpoint (``from_single_file``; ``config``: a local diffusers folder of the same architecture,
+    needed offline), a hub id (needs network access; fails fast with a clear message offline unless
+    it is already in the local cache), or ``tiny``/``tiny-sd15``/``tiny-sd2-v``/``tiny-sdxl``, a tiny
+    random-weight pipeline for trying things out.
+    """
+    from diffusers import DiffusionPipeline
+
+    kwargs: dict[str, Any] = {} if dtype is None else {"torch_dtype": dtype}
+    path = Path(model).expanduser()
+    if model in TINY_MODELS:
+        from .tiny import tiny_pipeline
+
+        pipe = tiny_pipeline(TINY_MODELS[model])
+        if dtype is not None and dtype != pipe.unet.dtype:
+            pipe = pipe.to(dtype=dtype)
+    elif path.is_dir():
+        pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, local_files_only=True, **kwargs)
+    elif path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise ValueError(
+                f"--model {model}: only .safetensors single-file checkpoints are loaded (.ckpt/.pt/.bin files "
+                "are pickles, which can run code when loaded); convert it to safetensors first"
+            )
+        pipeline_class = single_file_pipeline_class(path)
+        offline = config is None and _offline()
+        try:
+            pipe = pipeline_class.from_single_file(str(path), config=config, local_files_only=offline, **kwargs)
+        except Exception as error:
+            if config is not None:
+                raise
+            raise ValueError(
+                f"--model {model}: loading a single-file checkpoint needs the diffusers config of its "
+                f"architecture ({pipeline_class.__name__}), which is fetched from the hub and not cached here; "
+                "pass --model-config with a local diffusers folder of the same architecture"
+            ) from error
+    elif "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
+        try:
+            pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, local_files_only=True, **kwargs)
+        except Exception as error:
+            if _offline():
+                raise ValueError(
+                    f"--model {model}: not a local folder or file, and not in the Hugging Face cache; downloading "
+                    "it needs network access, which is not available here. Pass a local diffusers folder or a "
+                    ".safetensors file (or try --model tiny)"
+                ) from error
+            pipe = DiffusionPipeline.from_pretrained(model, use_safetensors=True, **kwargs)
+    else:
+        raise ValueError(
+            f"--model {model}: no such folder or file (expected a local diffusers folder, a .safetensors file, "
+            f"a hub id owner/name, or one of {sorted(TINY_MODELS)})"
+        )
+    missing = [name for name in ("unet", "scheduler", "vae") if getattr(pipe, name, None) is None]
+    if missing or not hasattr(pipe, "encode_prompt"):
+        raise ValueError(f"--model {model}: {type(pipe).__name__} lacks {missing or ['encode_prompt']}")
+    return pipe.to(device) if device is not None else pipe
