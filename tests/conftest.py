@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from zigzag_kdiff import CallCounter, CFGDenoiser
 from zigzag_kdiff.gmm import UNCONDITIONAL, GaussianMixture
@@ -35,3 +36,21 @@ def mixture() -> GaussianMixture:
 def counted(mixture: GaussianMixture) -> tuple[CFGDenoiser, CallCounter]:
     counter = CallCounter(mixture)
     return CFGDenoiser(counter), counter
+
+
+def sd_alphas_cumprod() -> torch.Tensor:
+    """ᾱ of SD/SDXL's scaled-linear schedule (0.00085 … 0.012, 1000 steps), in float32."""
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
+    return torch.cumprod(1 - betas, dim=0)
+
+
+class TinyEps(nn.Module):
+    """A small conditional ε-model ``eps(x, t, cond)`` on 4-vectors with 3-wide conditioning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(4 + 1 + 3, 32), nn.SiLU(), nn.Linear(32, 4))
+
+    def forward(self, x, t, cond):
+        return self.net(torch.cat([x, t[:, None] / 1000, cond], dim=1))

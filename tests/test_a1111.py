@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TinyEps, sd_alphas_cumprod
 from torch import nn
 
 import zigzag_kdiff
@@ -50,21 +51,6 @@ HOST_SCHEDULER_NAMES = [
 
 class InterruptedException(BaseException):
     """Like ``modules.sd_samplers_common.InterruptedException`` (a BaseException)."""
-
-
-def sd_alphas_cumprod() -> torch.Tensor:
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
-    return torch.cumprod(1 - betas, dim=0)
-
-
-class TinyEps(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(4 + 1 + 3, 32), nn.SiLU(), nn.Linear(32, 4))
-
-    def forward(self, x, t, cond):
-        return self.net(torch.cat([x, t[:, None] / 1000, cond], dim=1))
 
 
 class StandInP:

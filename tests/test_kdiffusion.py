@@ -6,27 +6,10 @@ import types
 
 import pytest
 import torch
-from torch import nn
+from conftest import TinyEps, sd_alphas_cumprod
 
 import zigzag_kdiff
 from zigzag_kdiff import CFGDenoiser, ddim_sigmas, ddim_timesteps, register_k_diffusion, sample_zigzag_ddim
-
-
-def sdxl_alphas_cumprod() -> torch.Tensor:
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float32) ** 2
-    return torch.cumprod(1 - betas, dim=0)
-
-
-class TinyEps(nn.Module):
-    """A small conditional ε-model ``eps(x, t, cond)``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(4 + 1 + 3, 32), nn.SiLU(), nn.Linear(32, 4))
-
-    def forward(self, x, t, cond):
-        return self.net(torch.cat([x, t[:, None] / 1000, cond], dim=1))
 
 
 def test_registration_is_idempotent_and_matches_direct_call():
@@ -37,7 +20,7 @@ def test_registration_is_idempotent_and_matches_direct_call():
     assert register_k_diffusion() == ["sample_zigzag_euler", "sample_zigzag_ddim"]
     assert k_diffusion.sampling.sample_zigzag_euler is zigzag_kdiff.sample_zigzag_euler
 
-    model = CFGDenoiser(DiscreteEpsDDPMDenoiser(TinyEps(), sdxl_alphas_cumprod(), quantize=True))
+    model = CFGDenoiser(DiscreteEpsDDPMDenoiser(TinyEps(), sd_alphas_cumprod(), quantize=True))
     sigmas = model.inner_model.get_sigmas(10)
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1)) * sigmas[0]
     args = {"cond": torch.ones(2, 3), "uncond": torch.zeros(2, 3), "cond_scale": 5.5}
@@ -56,12 +39,12 @@ def test_registration_refuses_foreign_attribute_and_sets_nothing():
 
 
 def test_ddim_sigmas_match_the_released_schedule():
-    sigmas = ddim_sigmas(sdxl_alphas_cumprod(), 50)
+    sigmas = ddim_sigmas(sd_alphas_cumprod(), 50)
     assert ddim_timesteps(1000, 50)[[0, 1, -2, -1]].tolist() == [981, 961, 21, 1]
     assert len(sigmas) == 51
     expected = [13.120423, 11.676058, 0.141463, 0.041314, 0.029168]
     assert sigmas[[0, 1, -3, -2, -1]].tolist() == pytest.approx(expected, rel=1e-6, abs=1e-6)
-    assert ddim_sigmas(sdxl_alphas_cumprod(), 50, set_alpha_to_one=True)[-1] == 0
+    assert ddim_sigmas(sd_alphas_cumprod(), 50, set_alpha_to_one=True)[-1] == 0
 
 
 @pytest.mark.parametrize(
@@ -77,7 +60,7 @@ def test_ddim_inversion_coefficients_match_reference(i, paper, released):
     give the reference file's (a, b) on the SDXL DDIM schedule."""
     from zigzag_kdiff.sampling import invert_ddim, invert_ddim_released
 
-    sigmas = ddim_sigmas(sdxl_alphas_cumprod(), 50).double()
+    sigmas = ddim_sigmas(sd_alphas_cumprod(), 50).double()
     one, zero = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
 
     def no_noise(x, sigma):  # D(x) = x, so ε = 0 and x̃ = a·x
@@ -94,8 +77,8 @@ def test_ddim_inversion_coefficients_match_reference(i, paper, released):
 def test_ddim_through_k_diffusion_wrapper_is_finite_and_counts():
     from k_diffusion.external import DiscreteEpsDDPMDenoiser
 
-    model = CFGDenoiser(DiscreteEpsDDPMDenoiser(TinyEps(), sdxl_alphas_cumprod(), quantize=True))
-    sigmas = ddim_sigmas(sdxl_alphas_cumprod(), 20)
+    model = CFGDenoiser(DiscreteEpsDDPMDenoiser(TinyEps(), sd_alphas_cumprod(), quantize=True))
+    sigmas = ddim_sigmas(sd_alphas_cumprod(), 20)
     x = torch.randn(1, 4, generator=torch.Generator().manual_seed(3)) * sigmas[0]
     args = {"cond": torch.ones(1, 3), "uncond": torch.zeros(1, 3), "cond_scale": 5.5}
     out = sample_zigzag_ddim(model, x, sigmas, args, disable=True, inversion_update="released")
