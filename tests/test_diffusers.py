@@ -307,3 +307,32 @@ def test_single_file_architecture_and_offline_config_message(tmp_path, monkeypat
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="--model-config"):
         load_pipeline(str(sd))
+
+
+def test_pixel_space_pipeline_without_vae_round_trips_and_generates(tmp_path):
+    """A VAE-less StableDiffusionPipeline (pixel space, like the bundled shapes model) saves, loads
+    through the CLI's loader and samples images in [-1, 1] straight from the UNet."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from zigzag_kdiff.models import tiny_unet
+    from zigzag_kdiff.tiny import _SD_SCHEDULE, tiny_text_encoder, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    pipe = StableDiffusionPipeline(
+        vae=None,
+        text_encoder=tiny_text_encoder(len(tokenizer)),
+        tokenizer=tokenizer,
+        unet=tiny_unet(sample_size=8, in_channels=3, out_channels=3),
+        scheduler=DDIMScheduler(**_SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(tmp_path / "pixel")
+    loaded = load_pipeline(str(tmp_path / "pixel"))
+    assert loaded.vae is None
+    first = generate(loaded, "a red square", steps=4, seed=3, output_type="np", disable_progress=True)
+    again = generate(loaded, "a red square", steps=4, seed=3, output_type="np", disable_progress=True)
+    assert first.images.shape == (1, 8, 8, 3) and first.latents.shape == (1, 3, 8, 8)
+    assert (first.images == again.images).all() and 0 <= first.images.min() <= first.images.max() <= 1
+    assert first.model_calls == count_model_calls(first.sigmas, None, 1)

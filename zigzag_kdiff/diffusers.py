@@ -2,7 +2,9 @@
 
 Works with any pipeline that has a ``unet`` (``UNet2DConditionModel``), a ``scheduler`` with
 ``alphas_cumprod`` (ε- or v-prediction), ``encode_prompt``, a ``vae`` and an ``image_processor``:
-SD 1.x, SD 2.x (including v-prediction) and SDXL. What diffusers does is left to diffusers: the
+SD 1.x, SD 2.x (including v-prediction) and SDXL. A pipeline whose ``vae`` is ``None`` is a
+pixel-space model (the bundled shapes model): its UNet samples images in [-1, 1] directly.
+What diffusers does is left to diffusers: the
 pipeline's own ``encode_prompt`` (so SDXL's zero unconditional embeddings when no negative prompt is
 given, ``force_zeros_for_empty_prompt``, exactly as the released Z-Sampling code),
 ``_get_add_time_ids`` (SDXL micro-conditioning), VAE decode, safety checker, watermark and image
@@ -22,6 +24,7 @@ extras.
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 import random
@@ -253,13 +256,22 @@ def initial_noise(shape: Sequence[int], generators: Sequence[torch.Generator]) -
     return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=g.device).cpu() for g in generators])
 
 
+def latent_scale_factor(pipe: Any) -> int:
+    """Pixels per latent cell: the VAE's downsampling factor, or 1 for a pixel-space model (no VAE)."""
+    if getattr(pipe, "vae", None) is None:
+        return 1
+    return int(getattr(pipe, "vae_scale_factor", 8))
+
+
 def decode_latents(pipe: Any, latents: torch.Tensor, output_type: str = "pil") -> Any:
     """The pipeline's own decode path: VAE (in SDXL pipelines an fp16 VAE with ``force_upcast`` runs in
     float32 and is put back afterwards, even on error), safety checker and watermark if the pipeline
     has them, then its image processor. ``latents`` are VP latents; ``output_type="latent"`` returns them unchanged."""
     if output_type == "latent":
         return latents
-    vae = pipe.vae
+    vae = getattr(pipe, "vae", None)
+    if vae is None:  # a pixel-space model: the UNet's samples are the images, in [-1, 1]
+        return pipe.image_processor.postprocess(latents.float(), output_type=output_type)
     # as the pipelines do: SDXL's (which have upcast_vae) decode fp16 VAEs with force_upcast in float32
     upcast = hasattr(pipe, "upcast_vae") and vae.dtype == torch.float16 and bool(vae.config.get("force_upcast"))
     mean, std = vae.config.get("latents_mean"), vae.config.get("latents_std")
@@ -362,7 +374,7 @@ def generate(
     if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
     function = resolve_sampler(sampler)
-    scale_factor = int(getattr(pipe, "vae_scale_factor", 8))
+    scale_factor = latent_scale_factor(pipe)
     height = height or int(pipe.unet.config.sample_size) * scale_factor
     width = width or int(pipe.unet.config.sample_size) * scale_factor
     if height % scale_factor or width % scale_factor or height < scale_factor or width < scale_factor:
@@ -453,6 +465,19 @@ def single_file_pipeline_class(path: str | os.PathLike[str]) -> Any:
     raise ValueError(f"{path} is not an SD 1.x/2.x or SDXL checkpoint (no model.diffusion_model.* tensors)")
 
 
+OPTIONAL_COMPONENTS = ("vae", "safety_checker", "feature_extractor", "image_encoder")
+"""Components a folder may leave out (``save_pretrained`` skips ``None`` ones): no VAE = pixel space."""
+
+
+def _absent_components(folder: Path) -> dict[str, None]:
+    """``None`` for each optional component that the folder's ``model_index.json`` omits or nulls."""
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        return {}
+    index = json.loads(index_file.read_text(encoding="utf-8"))
+    return {name: None for name in OPTIONAL_COMPONENTS if index.get(name) in (None, [None, None])}
+
+
 def load_pipeline(
     model: str,
     *,
@@ -479,6 +504,7 @@ def load_pipeline(
         if dtype is not None and dtype != pipe.unet.dtype:
             pipe = pipe.to(dtype=dtype)
     elif path.is_dir():
+        kwargs.update(_absent_components(path))
         pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, local_files_only=True, **kwargs)
     elif path.is_file():
         if path.suffix.lower() != ".safetensors":
@@ -514,7 +540,7 @@ def load_pipeline(
             f"--model {model}: no such folder or file (expected a local diffusers folder, a .safetensors file, "
             f"a hub id owner/name, or one of {sorted(TINY_MODELS)})"
         )
-    missing = [name for name in ("unet", "scheduler", "vae") if getattr(pipe, name, None) is None]
+    missing = [name for name in ("unet", "scheduler") if getattr(pipe, name, None) is None]  # no vae: pixel space
     if missing or not hasattr(pipe, "encode_prompt"):
         raise ValueError(f"--model {model}: {type(pipe).__name__} lacks {missing or ['encode_prompt']}")
     return pipe.to(device) if device is not None else pipe
