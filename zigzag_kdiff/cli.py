@@ -59,7 +59,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     settings = CompareSettings(
         model=args.model,
-        prompts=args.prompt or ["A small yellow dog."],
+        prompts=args.prompt or DEFAULT_PROMPTS.get(args.model, ["A small yellow dog."]),
         negative_prompt=args.negative_prompt,
         steps=args.steps,
         cfg_scale=args.cfg,
@@ -93,6 +93,10 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_PROMPTS = {"shapes": ["two red squares on the left", "three blue squares at the top"]}
+"""``compare``'s prompts when none is given, per model (others: one of the released code's prompts)."""
+
+
 def _add_compare(commands: argparse._SubParsersAction) -> None:
     from .compare import METHODS
 
@@ -105,9 +109,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     )
     compare.add_argument(
         "--model",
-        default="tiny",
-        help="local diffusers folder, single-file .safetensors, hub id (needs network), or tiny / tiny-sd2-v / "
-        "tiny-sdxl: a tiny random-weight pipeline (default: tiny)",
+        default="shapes",
+        help="local diffusers folder, single-file .safetensors, hub id (needs network), shapes (the bundled "
+        "trained 16×16 model, default), or tiny / tiny-sd2-v / tiny-sdxl (tiny random-weight pipelines)",
     )
     compare.add_argument("--model-config", help="for a single-file checkpoint offline: a local diffusers folder")
     compare.add_argument("--prompt", action="append", help="a prompt (repeat for several; default: a released one)")

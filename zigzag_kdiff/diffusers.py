@@ -62,6 +62,9 @@ diffusers' ``DDIMScheduler`` with ``set_alpha_to_one=False``), ``karras`` and ``
 scheduler's noise levels for this step count)."""
 
 TINY_MODELS = {"tiny": "sd15", "tiny-sd15": "sd15", "tiny-sd2-v": "sd2-v", "tiny-sdxl": "sdxl"}
+BUNDLED_MODELS = {"shapes": Path(__file__).parent / "models_data" / "shapes16"}
+"""Models shipped inside the package (safetensors): ``shapes``, the 16×16 pixel-space coloured-squares
+model trained by ``scripts/train_shapes.py`` (see :mod:`zigzag_kdiff.shapes`); the CLI's default."""
 """``--model`` names that build a tiny random-weight pipeline (:mod:`zigzag_kdiff.tiny`)."""
 
 
@@ -497,6 +500,10 @@ def load_pipeline(
 
     kwargs: dict[str, Any] = {} if dtype is None else {"torch_dtype": dtype}
     path = Path(model).expanduser()
+    if model in BUNDLED_MODELS:
+        path = BUNDLED_MODELS[model]
+        if not (path / "model_index.json").is_file():
+            raise ValueError(f"--model {model}: the bundled model is missing from {path}; reinstall zigzag-kdiff")
     if model in TINY_MODELS:
         from .tiny import tiny_pipeline
 
