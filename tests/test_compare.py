@@ -123,3 +123,18 @@ def test_parameters_string_for_a_guidance_interval_and_released_ddim():
     assert "Sampler: Z-Sampling DDIM, Schedule type: DDIM" in text
     assert "Zigzag inversion scale: 0, Zigzag steps: 9, Zigzag rounds: 1, Zigzag DDIM update: released" in text
     assert 'Guidance interval: "0.28-5.42"' in text and "Size: 64x48" in text
+
+
+def test_default_model_is_the_bundled_shapes_model(tmp_path):
+    """With no --model and no --prompt, compare runs the bundled pixel-space model on its task's prompts."""
+    from zigzag_kdiff.cli import DEFAULT_PROMPTS
+
+    out = tmp_path / "out"
+    assert main(["compare", "--steps", "3", "--methods", "euler,zigzag_euler", "--out", str(out)] + FAST) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["settings"]["model"] == "shapes"
+    assert [record["prompt"] for record in summary["images"]][::2] == DEFAULT_PROMPTS["shapes"]
+    from PIL import Image
+
+    with Image.open(out / summary["images"][0]["file"]) as image:
+        assert image.size == (16, 16)

@@ -33,6 +33,8 @@ def _bench(args: argparse.Namespace) -> int:
         config = bench_shapes.QUICK if args.quick else bench_shapes.Config()
         if args.model:
             config = bench_shapes.replace(config, model=args.model)
+        if args.threads:
+            config = bench_shapes.replace(config, threads=args.threads)
         start = time.perf_counter()
         results = bench_shapes.run_shapes(config, log=_log if args.verbose else None)
         print(bench_shapes.format_shapes(results, config))
@@ -166,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="gmm/shapes: the small CI configuration")
     bench.add_argument("--out", help="gmm/shapes: also write markdown, JSON and plots into this folder")
     bench.add_argument("--model", help="shapes: a diffusers folder (default: the bundled shapes16 model)")
+    bench.add_argument("--threads", type=int, help="shapes: torch threads (default 1: fastest on a busy machine)")
     bench.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     bench.set_defaults(run=_bench)
     _add_compare(commands)
