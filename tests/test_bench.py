@@ -132,36 +132,40 @@ def test_prompts_and_vocabulary():
 
 def test_checker_scores_real_data_100_percent():
     images, specs = shapes.make_dataset(720, seed=1)
-    results = [check_image(image.astype(np.float32), spec) for image, spec in zip(images, specs)]
+    results = [check_image(image, spec) for image, spec in zip(images, specs)]
     assert all(r.all_correct and r.clean for r in results)
     assert {r.found for r in results} == {1, 2, 3}
 
 
 def _blank() -> np.ndarray:
-    return np.zeros((3, 16, 16), dtype=np.float32)
+    return np.full((3, 16, 16), shapes.BACKGROUND, dtype=np.float32)
 
 
 def test_checker_catches_each_error():
     spec = ShapeSpec(2, "red", "left")
     image = _blank()
-    image[0, 1:4, 1:4] = 1
-    image[0, 8:12, 2:6] = 1
+    image[:, 1:4, 1:4] = np.array([1, 0, 0])[:, None, None]
+    image[:, 8:12, 2:6] = np.array([1, 0, 0])[:, None, None]
     assert check_image(image, spec).all_correct and check_image(image, spec).clean
     assert not check_image(image, ShapeSpec(3, "red", "left")).count
     assert not check_image(image, ShapeSpec(2, "yellow", "left")).colour
     assert not check_image(image, ShapeSpec(2, "red", "right")).position
     assert check_image(image, ShapeSpec(2, "red", "top")).position is False
     touching = image.copy()
-    touching[0, 4:7, 4:7] = 1  # a third square touching the first at a corner: one blob, not a square
+    # a third square touching the first at a corner: one blob, not a square
+    touching[:, 4:7, 4:7] = np.array([1, 0, 0])[:, None, None]
     result = check_image(touching, ShapeSpec(3, "red", "left"))
     assert result.found == 2 and not result.count and not result.clean
     smudged = image.copy()
-    smudged[1, 14, 14] = 0.4  # an ambiguous pixel
+    smudged[1, 14, 14] = 0.7  # an ambiguous pixel (0.2 from grey: background, but not clean)
     assert check_image(smudged, spec).all_correct and not check_image(smudged, spec).clean
     rectangle = _blank()
-    rectangle[0, 1:4, 1:5] = 1
+    rectangle[:, 1:4, 1:5] = np.array([1, 0, 0])[:, None, None]
     assert not check_image(rectangle, ShapeSpec(1, "red", "left")).clean
     assert not check_image(_blank(), spec).colour  # nothing there: nothing right
+    washed = image.copy()
+    washed[1:, 1:4, 1:4] = 0.5  # red channel right, the others grey: not a palette colour
+    assert not check_image(washed, spec).colour and not check_image(washed, spec).clean
     with pytest.raises(ValueError, match="shape"):
         check_image(np.zeros((16, 16)), spec)
 

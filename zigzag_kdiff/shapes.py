@@ -1,7 +1,10 @@
 """A procedural text-to-image task in the spirit of GenEval, with a deterministic rule checker.
 
-Images are 16×16 RGB on a black background with 1–3 solid squares (side 3 or 4) of one of six
-colours, all inside the left, right, top or bottom half; squares never touch (not even diagonally).
+Images are 16×16 RGB on a mid-grey background with 1–3 solid squares (side 3 or 4) of one of six
+saturated colours, all inside the left, right, top or bottom half; squares never touch (not even
+diagonally). The grey background puts the data mean near 0 in the model's [-1, 1] pixel space: with
+SD's schedule (terminal SNR > 0) a black background makes a model read the image mean from the initial
+noise, and sampled backgrounds come out tinted.
 Prompts read like ``"two red squares on the left"``: 3 counts × 6 colours × 4 positions = 72 prompts.
 
 :func:`check_image` scores an image against a prompt's :class:`ShapeSpec` with connected components
@@ -23,6 +26,7 @@ import numpy as np
 
 IMAGE_SIZE = 16
 SQUARE_SIDES = (3, 4)
+BACKGROUND = 0.5  # mid-grey, in [0, 1]
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (1, 0, 0),
     "green": (0, 1, 0),
@@ -96,7 +100,7 @@ def _half_bounds(position: str) -> tuple[int, int, int, int]:
 
 
 def render(spec: ShapeSpec, rng: np.random.Generator) -> np.ndarray:
-    """One image for ``spec``: float32 ``[3, 16, 16]`` in {0, 1}; squares placed by rejection sampling."""
+    """One image for ``spec``: float32 ``[3, 16, 16]`` in [0, 1]; squares placed by rejection sampling."""
     r0, r1, c0, c1 = _half_bounds(spec.position)
     while True:
         occupied = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)  # squares grown by 1 px: no contact
@@ -112,7 +116,7 @@ def render(spec: ShapeSpec, rng: np.random.Generator) -> np.ndarray:
                     break
         if len(boxes) == spec.count:
             break
-    image = np.zeros((3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    image = np.full((3, IMAGE_SIZE, IMAGE_SIZE), BACKGROUND, dtype=np.float32)
     colour = np.asarray(COLOURS[spec.colour], dtype=np.float32)[:, None, None]
     for top, left, side in boxes:
         image[:, top : top + side, left : left + side] = colour
@@ -120,12 +124,11 @@ def render(spec: ShapeSpec, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_dataset(size: int, seed: int) -> tuple[np.ndarray, list[ShapeSpec]]:
-    """``size`` images (uint8 {0, 1}, ``[size, 3, 16, 16]``) with uniformly drawn specs."""
+    """``size`` images (float32 ``[size, 3, 16, 16]`` in [0, 1]) with uniformly drawn specs."""
     rng = np.random.default_rng(seed)
     specs = all_specs()
     chosen = [specs[i] for i in rng.integers(0, len(specs), size)]
-    images = np.stack([render(spec, rng) for spec in chosen]).astype(np.uint8)
-    return images, chosen
+    return np.stack([render(spec, rng) for spec in chosen]), chosen
 
 
 # --- the checker ----------------------------------------------------------------------------------
@@ -146,39 +149,43 @@ class CheckResult:
 
 
 def _pixel_colours(image: np.ndarray) -> np.ndarray:
-    """Each pixel's colour as a palette index (0 background, 1…6 COLOURS, 7 other), ``[16, 16]``."""
-    bits = (image > 0.5).astype(np.int64)
+    """Each foreground pixel's colour as a palette index (1…6 COLOURS, 7 other: black, white, or a channel
+    not decisively 0 or 1), ``[16, 16]``; background pixels get 0."""
+    deviation = np.abs(image - BACKGROUND)
+    bits = (image > BACKGROUND).astype(np.int64)
     code = bits[0] * 4 + bits[1] * 2 + bits[2]
     table = np.full(8, 7)
-    table[0] = 0
     for index, rgb in enumerate(COLOURS.values(), start=1):
         table[rgb[0] * 4 + rgb[1] * 2 + rgb[2]] = index
-    return table[code]
+    colours = np.where((deviation > 0.25).all(0), table[code], 7)
+    return np.where(deviation.max(0) > 0.25, colours, 0)
 
 
 def check_image(image: np.ndarray, spec: ShapeSpec) -> CheckResult:
     """Score ``image`` (float ``[3, 16, 16]`` in [0, 1]) against ``spec``.
 
-    * foreground: pixels whose brightest channel exceeds 0.5; objects: its 8-connected components;
+    * foreground: pixels with a channel more than 0.25 from the grey background; objects: its
+      8-connected components;
     * count: the number of objects equals ``spec.count``;
-    * colour: every object's majority palette colour (channels thresholded at 0.5) is ``spec.colour``;
+    * colour: every object's majority colour is ``spec.colour`` (a pixel's colour: each channel
+      thresholded at 0.5, and all channels at least 0.25 from grey, else "other");
     * position: every object's centroid lies in the named half;
     * clean: every object is a solid square of side 3 or 4 filling its bounding box in one palette
-      colour, and no pixel is ambiguous (brightest channel in (0.25, 0.75)).
+      colour, and no pixel is ambiguous (largest deviation from grey in (0.15, 0.35)).
     """
     from scipy import ndimage
 
     image = np.asarray(image, dtype=np.float32)
     if image.shape != (3, IMAGE_SIZE, IMAGE_SIZE):
         raise ValueError(f"image must have shape (3, {IMAGE_SIZE}, {IMAGE_SIZE}), got {image.shape}")
-    brightness = image.max(0)
-    foreground = brightness > 0.5
+    deviation = np.abs(image - BACKGROUND).max(0)
+    foreground = deviation > 0.25
     labels, found = ndimage.label(foreground, structure=np.ones((3, 3), dtype=int))
     colours = _pixel_colours(image)
     wanted = list(COLOURS).index(spec.colour) + 1
     r0, r1, c0, c1 = _half_bounds(spec.position)
     colour_ok = position_ok = found > 0
-    clean = found > 0 and not bool(((brightness > 0.25) & (brightness < 0.75)).any())
+    clean = found > 0 and not bool(((deviation > 0.15) & (deviation < 0.35)).any())
     for obj, box in enumerate(ndimage.find_objects(labels), start=1):
         mask = labels == obj
         object_colours = colours[mask]
@@ -188,7 +195,7 @@ def check_image(image: np.ndarray, spec: ShapeSpec) -> CheckResult:
         position_ok = position_ok and (r0 <= rows.mean() < r1) and (c0 <= cols.mean() < c1)
         height, width = box[0].stop - box[0].start, box[1].stop - box[1].start
         solid = height == width and height in SQUARE_SIDES and int(mask.sum()) == height * width
-        clean = clean and solid and bool((object_colours == majority).all())
+        clean = clean and solid and majority != 7 and bool((object_colours == majority).all())
     return CheckResult(found == spec.count, bool(colour_ok), bool(position_ok), bool(clean), int(found))
 
 

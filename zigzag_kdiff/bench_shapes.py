@@ -1,0 +1,781 @@
+"""``zigzag-kdiff bench shapes``: Z-Sampling against a CFG sweep on the bundled text-to-image model.
+
+The bundled model (``zigzag_kdiff/models_data/shapes16``, trained by ``scripts/train_shapes.py``) is a
+diffusers ``UNet2DConditionModel`` with cross- and self-attention over a small ``CLIPTextModel``,
+ε-prediction on SD's scaled-linear schedule, in pixel space (16×16 RGB). Sampling goes through the
+same code path as an SD user's: k-diffusion's ``DiscreteEpsDDPMDenoiser`` over
+:class:`zigzag_kdiff.models.UNetEps`, :class:`zigzag_kdiff.CFGDenoiser` (uncond = the empty prompt),
+DDIM sigmas (:func:`zigzag_kdiff.ddim_sigmas`), batched over prompts × seeds with the same initial
+noise for every method.
+
+Every image is scored by the rule checker :func:`zigzag_kdiff.shapes.check_image` (count, colour,
+position, cleanliness; "all correct" = count ∧ colour ∧ position). Methods are compared on paired
+images (same prompt, same seed) with McNemar's exact test (scipy.stats.binomtest on the discordant
+pairs) against standard CFG at the same scale, against the sweep's best scale, and against standard
+CFG with as many model rows per image (more steps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import shapes
+from .guidance import CallCounter, CFGDenoiser
+from .sampling import ddim_sigmas, sample_zigzag_ddim, sample_zigzag_euler
+
+__all__ = [
+    "Config",
+    "QUICK",
+    "ShapesModel",
+    "load_model",
+    "run_shapes",
+    "format_shapes",
+    "write_outputs",
+    "sample_grid",
+]
+
+ATTRIBUTES = ("count", "colour", "position", "all_correct", "count_colour", "clean")
+TESTED = ("all_correct", "count_colour", "clean")  # the attributes of the paired tests
+
+
+@dataclass(frozen=True)
+class Method:
+    """One sampler setting. ``rule``: "standard" (plain Euler/DDIM CFG), "euler" or "ddim" (Z-Sampling)."""
+
+    family: str
+    rule: str
+    scale: float
+    steps: int
+    inversion_scale: float = 0.0
+    zigzag_steps: int | None = None  # None: steps − 1
+    interval: tuple[float, float] | None = None
+    seeds: int | None = None  # None: all of the config's seeds
+
+    @property
+    def lam(self) -> int:
+        if self.rule == "standard":
+            return 0
+        return self.steps - 1 if self.zigzag_steps is None else self.zigzag_steps
+
+    @property
+    def label(self) -> str:
+        if self.rule == "standard":
+            parts = [f"CFG {self.scale:g}"]
+        else:
+            parts = [f"Z {self.rule} γ₁={self.scale:g} γ₂={self.inversion_scale:g} λ={self.lam}"]
+        parts.append(f"T={self.steps}")
+        if self.interval is not None:
+            parts.append(f"interval [{self.interval[0]:g}, {self.interval[1]:g}]")
+        return " ".join(parts)
+
+    def settings(self) -> tuple:
+        """What determines the images (the family does not)."""
+        if self.lam == 0:
+            return ("standard", self.scale, self.steps, self.interval)
+        return (self.rule, self.scale, self.steps, self.inversion_scale, self.lam, self.interval)
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str | None = None  # a diffusers folder; None: the bundled model
+    seeds: int = 20
+    prompts: int = 72  # the first n of shapes.all_specs()
+    steps: int = 20
+    cfg_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 8.0)
+    rule: str = "ddim"  # Z-Sampling's rule in the main run and the sweeps (the paper's eq. 4)
+    reference_scale: float = 3.0  # γ₁ of Z-Sampling's main run and of its variants
+    extra_scales: tuple[float, ...] = (2.0, 5.0)  # more γ₁ for Z-Sampling (on sweep_seeds)
+    sweep_seeds: int = 4  # seeds of the variants and of the λ, γ₂ and compute sweeps
+    lambdas: tuple[int, ...] = (2, 5, 10)
+    inversion_scales: tuple[float, ...] = (2.0,)  # besides 0 and 1
+    compute_steps: tuple[int, ...] = (5, 10)  # more T for the equal-compute curves (on sweep_seeds)
+    interval: tuple[float, float] = (0.28, 5.42)
+    batch: int = 720  # images per UNet call (CFG doubles the rows)
+    threads: int = 1
+
+    @property
+    def equal_row_steps(self) -> int:
+        """Steps of standard CFG (2 rows each) costing at least Z-Sampling's 2T + 3(T − 1) rows."""
+        return math.ceil((2 * self.steps + 3 * (self.steps - 1)) / 2)
+
+
+QUICK = Config(
+    seeds=2,
+    prompts=8,
+    steps=6,
+    cfg_scales=(1.0, 3.0, 6.0),
+    extra_scales=(),
+    sweep_seeds=2,
+    lambdas=(2,),
+    inversion_scales=(),
+    compute_steps=(3,),
+    batch=48,
+)
+
+
+def main_methods(config: Config) -> list[Method]:
+    """Run on all seeds: the CFG sweep and Z-Sampling (``config.rule``, γ₂ = 0) at the reference γ₁."""
+    T = config.steps
+    out = [Method("standard", "standard", s, T) for s in config.cfg_scales]
+    out.append(Method(f"Z-Sampling {config.rule} γ₂=0", config.rule, config.reference_scale, T))
+    return out
+
+
+def equal_row_methods(config: Config, best_scale: float) -> list[Method]:
+    """Standard CFG with Z-Sampling's row budget, at the reference γ₁ and at the sweep's best scale."""
+    scales = dict.fromkeys([config.reference_scale, best_scale])
+    return [Method("standard, equal rows", "standard", s, config.equal_row_steps) for s in scales]
+
+
+def variant_methods(config: Config) -> list[Method]:
+    """Run on ``sweep_seeds``: the other rule, other γ₁, γ₂ = 1, the guidance interval, λ, γ₂ and T sweeps."""
+    T, ref, n, rule = config.steps, config.reference_scale, config.sweep_seeds, config.rule
+    other = "euler" if rule == "ddim" else "ddim"
+    out = [Method(f"Z-Sampling {rule} γ₂=0", rule, g, T, seeds=n) for g in config.extra_scales]
+    out.append(Method(f"Z-Sampling {other} γ₂=0", other, ref, T, seeds=n))
+    out.append(Method(f"Z-Sampling {rule} γ₂=1", rule, ref, T, inversion_scale=1.0, seeds=n))
+    out.append(Method("standard, interval", "standard", ref, T, interval=config.interval, seeds=n))
+    out.append(Method(f"Z-Sampling {rule} γ₂=0, interval", rule, ref, T, interval=config.interval, seeds=n))
+    out += [Method("λ sweep", rule, ref, T, zigzag_steps=lam, seeds=n) for lam in config.lambdas if lam < T]
+    out += [
+        Method("γ₂ sweep", rule, ref, T, inversion_scale=g2, seeds=n) for g2 in config.inversion_scales if g2 <= ref
+    ]
+    out += [Method("compute: standard", "standard", ref, t, seeds=n) for t in config.compute_steps]
+    out += [Method("compute: Z-Sampling", rule, ref, t, seeds=n) for t in config.compute_steps]
+    return out
+
+
+# --- the model ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShapesModel:
+    """The pieces of a diffusers text-to-image folder that sampling needs."""
+
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: Any
+    alphas_cumprod: torch.Tensor
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """``last_hidden_state`` of the text encoder, prompts padded to the tokenizer's max length (SD's)."""
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.text_encoder(ids).last_hidden_state
+
+    def denoiser(self) -> torch.nn.Module:
+        """k-diffusion's ``DiscreteEpsDDPMDenoiser`` over the UNet (as for SD)."""
+        from k_diffusion.external import DiscreteEpsDDPMDenoiser
+
+        from .models import UNetEps
+
+        return DiscreteEpsDDPMDenoiser(UNetEps(self.unet), self.alphas_cumprod, quantize=True)
+
+
+def load_model(folder: str | Path | None = None) -> ShapesModel:
+    """Load ``unet/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/`` from a diffusers folder
+    (default: the bundled shapes16 model) with ``from_pretrained``, safetensors only."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    folder = Path(folder) if folder is not None else shapes.BUNDLED_MODEL
+    if not (folder / "unet").is_dir():
+        raise ValueError(
+            f"model must be a diffusers folder with unet/, text_encoder/, tokenizer/ and scheduler/, got {folder}"
+        )
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).eval()
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
+    return ShapesModel(unet, text_encoder, tokenizer, scheduler.alphas_cumprod.to(torch.float32))
+
+
+# --- sampling -------------------------------------------------------------------------------------------
+
+
+def initial_noise(seeds: int, prompts: int) -> torch.Tensor:
+    """Unit noise ``[seeds, prompts, 3, 16, 16]``; seed s draws from ``torch.Generator().manual_seed(s)``."""
+    size = shapes.IMAGE_SIZE
+    return torch.stack(
+        [torch.randn(prompts, 3, size, size, generator=torch.Generator().manual_seed(s)) for s in range(seeds)]
+    )
+
+
+@torch.no_grad()
+def generate(
+    model: ShapesModel, method: Method, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, batch: int
+) -> tuple[torch.Tensor, float]:
+    """Images in [0, 1] for unit ``noise`` ``[n, 3, 16, 16]`` and embeddings ``cond`` ``[n, 8, 64]``;
+    returns ``(images, UNet rows per image)``."""
+    counter = CallCounter(model.denoiser())
+    guided = CFGDenoiser(counter, guidance_interval=method.interval)
+    sigmas = ddim_sigmas(model.alphas_cumprod, method.steps)
+    images = []
+    for start in range(0, len(noise), batch):
+        part = slice(start, start + batch)
+        x = noise[part] * sigmas[0]
+        args = {
+            "cond": {"encoder_hidden_states": cond[part]},
+            "uncond": {"encoder_hidden_states": uncond},
+            "cond_scale": method.scale,
+        }
+        if method.lam == 0:
+            out = sample_zigzag_euler(guided, x, sigmas, args, disable=True, zigzag_steps=0)
+        else:
+            sampler = {"euler": sample_zigzag_euler, "ddim": sample_zigzag_ddim}[method.rule]
+            out = sampler(
+                guided, x, sigmas, args, disable=True, inversion_scale=method.inversion_scale, zigzag_steps=method.lam
+            )
+        # back from k-diffusion's VE form at σ_end to the image: x_vp = x / sqrt(1 + σ²)
+        images.append(((out / (1 + sigmas[-1] ** 2) ** 0.5 + 1) / 2).clamp(0, 1))
+    return torch.cat(images), counter.rows / len(noise)
+
+
+def score(images: torch.Tensor, specs: list[shapes.ShapeSpec]) -> dict[str, np.ndarray]:
+    """Checker outcomes per image: ``{attribute: bool array}``."""
+    results = [shapes.check_image(image.numpy(), spec) for image, spec in zip(images, specs)]
+    outcomes = {name: np.array([getattr(r, name) for r in results]) for name in ATTRIBUTES if name != "count_colour"}
+    outcomes["count_colour"] = outcomes["count"] & outcomes["colour"]
+    return outcomes
+
+
+@dataclass
+class Run:
+    method: Method
+    rows_per_image: float
+    seconds: float
+    outcomes: dict[str, np.ndarray] = field(repr=False)  # attribute -> [seeds, prompts] bools
+    images: torch.Tensor | None = field(default=None, repr=False)  # [seeds, prompts, 3, 16, 16]
+
+
+def best_scale(runs: list[Run]) -> float:
+    """The standard sweep's scale with the highest all-correct rate (ties: the smaller scale)."""
+    sweep = [run for run in runs if run.method.family == "standard"]
+    return max(sweep, key=lambda run: (run.outcomes["all_correct"].mean(), -run.method.scale)).method.scale
+
+
+def run_shapes(config: Config = Config(), log=None, keep_images: bool = False) -> list[Run]:
+    """Every method of the config, paired (same prompts, seeds and initial noise)."""
+    torch.set_num_threads(config.threads)
+    model = load_model(config.model)
+    specs = shapes.all_specs()[: config.prompts]
+    cond = model.encode([spec.prompt for spec in specs])
+    uncond = model.encode([""])
+    noise = initial_noise(config.seeds, config.prompts)
+    runs: list[Run] = []
+    cache: dict[tuple, Run] = {}
+
+    def execute(methods: list[Method]) -> None:
+        for method in methods:
+            seeds = config.seeds if method.seeds is None else min(method.seeds, config.seeds)
+            key = method.settings()
+            if key in cache and cache[key].outcomes["count"].shape[0] >= seeds:
+                done = cache[key]
+                images = None if done.images is None else done.images[:seeds]
+                outcomes = {k: v[:seeds] for k, v in done.outcomes.items()}
+                runs.append(replace(done, method=method, outcomes=outcomes, images=images))
+                continue
+            start = time.perf_counter()
+            flat_noise = noise[:seeds].reshape(-1, *noise.shape[2:])
+            images, rows = generate(model, method, flat_noise, cond.repeat(seeds, 1, 1), uncond, config.batch)
+            outcomes = {k: v.reshape(seeds, -1) for k, v in score(images, specs * seeds).items()}
+            kept = images.reshape(seeds, len(specs), *images.shape[1:]) if keep_images else None
+            run = Run(method, rows, time.perf_counter() - start, outcomes, kept)
+            cache[key] = run
+            runs.append(run)
+            if log:
+                log(
+                    f"  {method.label} ({seeds} seeds): all-correct {outcomes['all_correct'].mean():.3f}, "
+                    f"{run.seconds:.0f}s"
+                )
+
+    execute(main_methods(config))
+    execute(equal_row_methods(config, best_scale(runs)))
+    execute(variant_methods(config))
+    return runs
+
+
+# --- statistics -----------------------------------------------------------------------------------------
+
+
+def proportion_ci(successes: np.ndarray) -> tuple[float, float, float]:
+    """Rate and 95 % Wilson interval."""
+    from scipy import stats
+
+    successes = np.asarray(successes).ravel()
+    k, n = int(successes.sum()), successes.size
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return (k / n, float(ci.low), float(ci.high))
+
+
+@dataclass(frozen=True)
+class PairedAttribute:
+    """Δ rate (method − baseline) with a paired bootstrap CI, discordant pairs and McNemar's exact p."""
+
+    delta: tuple[float, float, float]
+    wins: int  # method right, baseline wrong
+    losses: int
+    p_value: float
+
+    @property
+    def win_rate(self) -> float:
+        decided = self.wins + self.losses
+        return self.wins / decided if decided else math.nan
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A method against a baseline on the same images (same prompt, same seed), per tested attribute."""
+
+    method: str
+    baseline: str
+    relation: str
+    images: int
+    tests: dict[str, PairedAttribute]
+
+
+def paired_attribute(a: np.ndarray, b: np.ndarray) -> PairedAttribute:
+    from scipy import stats
+
+    from .bench_gmm import mean_ci
+
+    a, b = np.asarray(a, dtype=bool).ravel(), np.asarray(b, dtype=bool).ravel()
+    wins, losses = int((a & ~b).sum()), int((~a & b).sum())
+    p = stats.binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
+    return PairedAttribute(mean_ci(a.astype(float) - b.astype(float)), wins, losses, float(p))
+
+
+def paired_test(run: Run, baseline: Run, relation: str) -> Paired:
+    seeds = min(run.outcomes["all_correct"].shape[0], baseline.outcomes["all_correct"].shape[0])
+    tests = {k: paired_attribute(run.outcomes[k][:seeds], baseline.outcomes[k][:seeds]) for k in TESTED}
+    return Paired(
+        run.method.label, baseline.method.label, relation, seeds * run.outcomes["all_correct"].shape[1], tests
+    )
+
+
+def _standard(runs: list[Run], scale: float, steps: int) -> Run | None:
+    for run in runs:
+        if run.method.rule == "standard" and run.method.interval is None and run.method.scale == scale:
+            if run.method.steps == steps and run.method.family in ("standard", "standard, equal rows"):
+                return run
+    return None
+
+
+def comparisons(runs: list[Run], config: Config) -> list[Paired]:
+    """Each non-standard method against standard CFG at its scale, at the sweep's best scale, and at equal
+    rows (same scale, and the best scale); the equal-rows runs against their T-step counterparts."""
+    best = best_scale(runs)
+    out = []
+    for run in runs:
+        if run.method.family in ("standard", "λ sweep", "γ₂ sweep") or run.method.family.startswith("compute"):
+            continue
+        if run.method.family == "standard, equal rows":
+            same = _standard(runs, run.method.scale, config.steps)
+            if same:
+                out.append(paired_test(run, same, "more steps, same scale"))
+            continue
+        same = _standard(runs, run.method.scale, config.steps)
+        if same:
+            out.append(paired_test(run, same, "standard, same scale"))
+        best_run = _standard(runs, best, config.steps)
+        if best_run and best_run is not same:
+            out.append(paired_test(run, best_run, f"standard, best scale ({best:g})"))
+        if run.method.rule != "standard":
+            for scale in dict.fromkeys([run.method.scale, best]):
+                equal = _standard(runs, scale, config.equal_row_steps)
+                if equal:
+                    out.append(paired_test(run, equal, f"equal rows, scale {scale:g}"))
+    return out
+
+
+# --- tables -----------------------------------------------------------------------------------------------
+
+
+def _pct(stats: tuple[float, float, float], signed: bool = False) -> str:
+    mean, low, high = stats
+    if not math.isfinite(mean):
+        return "—"
+    sign = "+" if signed else ""
+    return f"{100 * mean:{sign}.1f} [{100 * low:{sign}.1f}, {100 * high:{sign}.1f}]"
+
+
+def format_shapes(runs: list[Run], config: Config) -> str:
+    best = best_scale(runs)
+    lines = [
+        f"Bundled shapes16 model, DDIM sigmas, T = {config.steps}; {config.prompts} prompts × {config.seeds} seeds "
+        f"(variants: × {config.sweep_seeds} seeds), same initial noise for every method. Rates in % with 95 % "
+        "Wilson intervals; all correct = count ∧ colour ∧ position (cleanliness separate).",
+        "",
+        "| method | images | rows/image | count | colour | position | all correct | count ∧ colour | clean |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        o = run.outcomes
+        lines.append(
+            f"| {run.method.label} | {o['count'].size} | {run.rows_per_image:g} | {100 * o['count'].mean():.1f} "
+            f"| {100 * o['colour'].mean():.1f} | {100 * o['position'].mean():.1f} "
+            f"| {_pct(proportion_ci(o['all_correct']))} | {_pct(proportion_ci(o['count_colour']))} "
+            f"| {_pct(proportion_ci(o['clean']))} |"
+        )
+    lines += [
+        "",
+        f"Best scale of the standard sweep (all correct): {best:g}.",
+        "",
+        "Paired tests (same prompt and seed): Δ = method − baseline in percentage points with a 95 % bootstrap CI "
+        "over images; w/l = discordant pairs (method right and baseline wrong / the reverse); p = McNemar's exact "
+        "test.",
+        "",
+        "| method | baseline | images | Δ all correct (w/l, p) | Δ count ∧ colour (w/l, p) | Δ clean (w/l, p) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for test in comparisons(runs, config):
+        cells = [
+            f"{_pct(t.delta, True)} ({t.wins}/{t.losses}, {t.p_value:.2g})" for t in (test.tests[k] for k in TESTED)
+        ]
+        lines.append(
+            f"| {test.method} | {test.baseline} ({test.relation}) | {test.images} | " + " | ".join(cells) + " |"
+        )
+    sweep = lambda_rows(runs, config)
+    if sweep:
+        lines += [
+            "",
+            f"λ sweep (γ₁ = {config.reference_scale:g}, γ₂ = 0, {config.rule} rule; paper Fig. 9): win rate = wins / "
+            "(wins + losses) against standard CFG at γ₁ on the same images.",
+            "",
+            "| λ | images | rows/image | all correct | win rate, all correct (p) | win rate, count ∧ colour (p) "
+            "| win rate, clean (p) |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in sweep:
+            cells = [f"{_fmt_rate(row['win_rate'][k])} ({row['p_value'][k]:.2g})" for k in TESTED]
+            lines.append(
+                f"| {row['lambda']} | {row['images']} | {row['rows']:g} | {_pct(row['all_correct'])} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    gaps = gap_rows(runs, config)
+    if gaps:
+        lines += [
+            "",
+            f"Guidance gap (γ₁ = {config.reference_scale:g}, {config.rule} rule, λ = T − 1; paper Fig. 7):",
+            "",
+            "| γ₂ | images | all correct | clean |",
+            "|---:|---:|---:|---:|",
+        ]
+        for row in gaps:
+            lines.append(
+                f"| {row['gamma_2']:g} | {row['images']} | {_pct(row['all_correct'])} | {_pct(row['clean'])} |"
+            )
+    compute = compute_rows(runs, config)
+    if compute:
+        lines += [
+            "",
+            f"Equal compute (γ₁ = {config.reference_scale:g}; paper Fig. 10): all correct against UNet rows per image.",
+            "",
+            "| sampler | T | rows/image | images | all correct | clean |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in compute:
+            lines.append(
+                f"| {row['sampler']} | {row['steps']} | {row['rows']:g} | {row['images']} | {_pct(row['all_correct'])} "
+                f"| {100 * row['clean']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_rate(value: float) -> str:
+    return "—" if not math.isfinite(value) else f"{value:.2f}"
+
+
+def lambda_rows(runs: list[Run], config: Config) -> list[dict[str, Any]]:
+    """Per λ (0 and T − 1 included when run): all correct and the win rate against standard at γ₁."""
+    ref, T = config.reference_scale, config.steps
+    candidates = [r for r in runs if r.method.family == "λ sweep"]
+    candidates += [r for r in runs if r.method.family == f"Z-Sampling {config.rule} γ₂=0" and r.method.scale == ref]
+    standard = _standard(runs, ref, T)
+    if not candidates or standard is None:
+        return []
+    seeds = min(r.outcomes["all_correct"].shape[0] for r in candidates)
+    rows = []
+    for run in sorted(candidates, key=lambda r: r.method.lam):
+        test = paired_test(replace(run, outcomes={k: v[:seeds] for k, v in run.outcomes.items()}), standard, "")
+        rows.append(
+            {
+                "lambda": run.method.lam,
+                "images": test.images,
+                "rows": run.rows_per_image,
+                "all_correct": proportion_ci(run.outcomes["all_correct"][:seeds]),
+                "win_rate": {k: t.win_rate for k, t in test.tests.items()},
+                "p_value": {k: t.p_value for k, t in test.tests.items()},
+            }
+        )
+    return rows
+
+
+def gap_rows(runs: list[Run], config: Config) -> list[dict[str, Any]]:
+    """Fig. 7: all correct and clean per γ₂ at γ₁ = the reference scale (on the sweep seeds)."""
+    ref, T = config.reference_scale, config.steps
+    candidates = [
+        r
+        for r in runs
+        if r.method.rule == config.rule
+        and r.method.scale == ref
+        and r.method.lam == T - 1
+        and r.method.interval is None
+    ]
+    if not candidates:
+        return []
+    seeds = min(r.outcomes["all_correct"].shape[0] for r in candidates)
+    rows = {}
+    for run in candidates:
+        rows[run.method.inversion_scale] = {
+            "gamma_2": run.method.inversion_scale,
+            "all_correct": proportion_ci(run.outcomes["all_correct"][:seeds]),
+            "clean": proportion_ci(run.outcomes["clean"][:seeds]),
+            "images": int(run.outcomes["all_correct"][:seeds].size),
+        }
+    return [rows[g] for g in sorted(rows)]
+
+
+def compute_rows(runs: list[Run], config: Config) -> list[dict[str, Any]]:
+    """Fig. 10: all correct against UNet rows per image at γ₁ = the reference scale, for standard CFG and
+    Z-Sampling (γ₂ = 0, λ = T − 1) at several T, on the seeds they share."""
+    ref = config.reference_scale
+    members = [
+        r
+        for r in runs
+        if r.method.scale == ref
+        and r.method.interval is None
+        and (
+            r.method.rule == "standard"
+            or (r.method.rule == config.rule and r.method.inversion_scale == 0 and r.method.lam == r.method.steps - 1)
+        )
+    ]
+    if not members:
+        return []
+    seeds = min(r.outcomes["all_correct"].shape[0] for r in members)
+    rows = {}
+    for r in members:
+        sampler = "standard" if r.method.rule == "standard" else f"Z-Sampling {r.method.rule}"
+        rows[(sampler, r.method.steps)] = {
+            "sampler": sampler,
+            "steps": r.method.steps,
+            "rows": r.rows_per_image,
+            "images": int(r.outcomes["all_correct"][:seeds].size),
+            "all_correct": proportion_ci(r.outcomes["all_correct"][:seeds]),
+            "clean": float(r.outcomes["clean"][:seeds].mean()),
+        }
+    return [rows[k] for k in sorted(rows)]
+
+
+# --- outputs ------------------------------------------------------------------------------------------------
+
+
+def to_json(runs: list[Run], config: Config) -> dict[str, Any]:
+    return {
+        "config": asdict(config),
+        "best_scale": best_scale(runs),
+        "runs": [
+            {
+                "method": asdict(run.method),
+                "label": run.method.label,
+                "rows_per_image": run.rows_per_image,
+                "seconds": round(run.seconds, 1),
+                "rates": {k: float(v.mean()) for k, v in run.outcomes.items()},
+                "all_correct_ci": proportion_ci(run.outcomes["all_correct"]),
+                "outcomes": {k: v.astype(int).tolist() for k, v in run.outcomes.items()},
+            }
+            for run in runs
+        ],
+        "paired": [asdict(test) for test in comparisons(runs, config)],
+        "lambda_sweep": lambda_rows(runs, config),
+        "gap_sweep": gap_rows(runs, config),
+        "equal_compute": compute_rows(runs, config),
+    }
+
+
+def load_json(path: str | Path) -> tuple[list[Run], Config]:
+    """Runs and config back from ``shapes.json`` (outcomes per image), to re-render tables and plots."""
+    data = json.loads(Path(path).read_text())
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()}
+    config = Config(**fields)
+    runs = []
+    for item in data["runs"]:
+        method = Method(**{k: tuple(v) if isinstance(v, list) else v for k, v in item["method"].items()})
+        outcomes = {k: np.asarray(v, dtype=bool) for k, v in item["outcomes"].items()}
+        outcomes.setdefault("count_colour", outcomes["count"] & outcomes["colour"])
+        runs.append(Run(method, item["rows_per_image"], item["seconds"], outcomes))
+    return runs, config
+
+
+def write_outputs(runs: list[Run], config: Config, folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "shapes.md", folder / "shapes.json"]
+    written[0].write_text(format_shapes(runs, config))
+    written[1].write_text(json.dumps(to_json(runs, config), indent=1) + "\n")
+    written += plot_shapes(runs, config, folder)
+    written.append(sample_grid(config, folder / "shapes_samples.png"))
+    return written
+
+
+def plot_shapes(runs: list[Run], config: Config, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8))
+    sweep = sorted([r for r in runs if r.method.family == "standard"], key=lambda r: r.method.scale)
+    others = [r for r in runs if r.method.family not in ("standard", "λ sweep", "γ₂ sweep")]
+    seeds = min(r.outcomes["clean"].shape[0] for r in runs)  # every point on the same images
+
+    def rate(run: Run, key: str) -> float:
+        return float(run.outcomes[key][:seeds].mean())
+
+    colours = plt.get_cmap("tab20").colors
+    for ax, key in zip(axes, ("all_correct", "count_colour")):
+        ax.plot(
+            [rate(r, key) for r in sweep],
+            [rate(r, "clean") for r in sweep],
+            "-o",
+            color="k",
+            label=f"standard CFG sweep, T={config.steps}",
+        )
+        for r in sweep:
+            ax.annotate(f"{r.method.scale:g}", (rate(r, key), rate(r, "clean")), fontsize=7)
+        for n, r in enumerate(others):
+            marker = "^" if r.method.rule == "standard" else "s"
+            ax.plot(rate(r, key), rate(r, "clean"), marker, color=colours[n % 20], label=r.method.label)
+        ax.set_xlabel(f"{'all correct' if key == 'all_correct' else 'count ∧ colour'} (adherence)")
+        ax.set_ylabel("clean (shape fidelity)")
+    axes[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(f"Adherence vs fidelity, bundled shapes model ({config.prompts} prompts × {seeds} seeds, paired)")
+    fig.tight_layout()
+    paths.append(folder / "shapes_frontier.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    rows = lambda_rows(runs, config)
+    if rows:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for key in TESTED:
+            ax.plot([r["lambda"] for r in rows], [r["win_rate"][key] for r in rows], "-o", label=key.replace("_", " "))
+        ax.legend(fontsize=7)
+        ax.axhline(0.5, color="grey", lw=0.8)
+        ax.set_xlabel("λ (zigzag steps)")
+        ax.set_ylabel(f"win rate vs standard CFG {config.reference_scale:g}")
+        ax.set_title("Win rate vs λ (cf. paper Fig. 9)")
+        fig.tight_layout()
+        paths.append(folder / "shapes_lambda.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+    rows = gap_rows(runs, config)
+    if rows:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for key in ("all_correct", "clean"):
+            ax.errorbar(
+                [r["gamma_2"] for r in rows],
+                [r[key][0] for r in rows],
+                yerr=np.array([[r[key][0] - r[key][1], r[key][2] - r[key][0]] for r in rows]).T,
+                fmt="-o",
+                capsize=3,
+                label=key.replace("_", " "),
+            )
+        ax.set_xlabel("γ₂ (inversion scale)")
+        ax.set_title(f"Effect of γ₂ at γ₁ = {config.reference_scale:g} (cf. paper Fig. 7)")
+        ax.legend()
+        fig.tight_layout()
+        paths.append(folder / "shapes_gap.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+
+    rows = compute_rows(runs, config)
+    if rows:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for sampler in dict.fromkeys(r["sampler"] for r in rows):
+            part = [r for r in rows if r["sampler"] == sampler]
+            errors = [
+                [r["all_correct"][0] - r["all_correct"][1], r["all_correct"][2] - r["all_correct"][0]] for r in part
+            ]
+            ax.errorbar(
+                [r["rows"] for r in part],
+                [r["all_correct"][0] for r in part],
+                yerr=np.array(errors).T,
+                fmt="-o" if sampler == "standard" else "--s",
+                capsize=3,
+                label=sampler,
+            )
+            for r in part:
+                ax.annotate(f"T={r['steps']}", (r["rows"], r["all_correct"][0]), fontsize=7)
+        ax.set_xlabel("UNet rows per image")
+        ax.set_ylabel("all correct")
+        ax.set_title(f"Quality at equal compute, γ₁ = {config.reference_scale:g} (cf. paper Fig. 10)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(folder / "shapes_compute.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def sample_grid(config: Config, path: str | Path, seeds: int = 2) -> Path:
+    """A labelled PNG grid from the model: one row per method and seed, one column per prompt (18 of the
+    72: every count and colour, the position cycling), same initial noise along each row block."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    torch.set_num_threads(config.threads)
+    model = load_model(config.model)
+    specs = [s for i, s in enumerate(shapes.all_specs()) if i % 4 == (i // 4) % 4]  # positions cycle
+    cond = model.encode([s.prompt for s in specs])
+    uncond = model.encode([""])
+    ref = config.reference_scale
+    methods = [
+        Method("standard", "standard", 1.0, config.steps),
+        Method("standard", "standard", ref, config.steps),
+        Method("standard", "standard", 2 * ref, config.steps),
+        Method("Z", config.rule, ref, config.steps),
+        Method("standard, equal rows", "standard", ref, config.equal_row_steps),
+    ]
+    rows = []
+    for seed in range(seeds):
+        noise = torch.randn(len(specs), 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+        for method in methods:
+            images, _ = generate(model, method, noise, cond, uncond, config.batch)
+            rows.append((f"seed {seed}: {method.label}", images.numpy().transpose(0, 2, 3, 1)))
+    fig, axes = plt.subplots(len(rows), len(specs), figsize=(0.75 * len(specs) + 2.6, 0.8 * len(rows) + 0.6))
+    for r, (label, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            ax = axes[r][c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                spec = specs[c]
+                ax.set_title(f"{spec.count} {spec.colour}\n{spec.position}", fontsize=7)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    fig.suptitle("Bundled shapes16 model: prompt = '<count> <colour> square(s) <position>'", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
