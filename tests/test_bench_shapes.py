@@ -95,3 +95,15 @@ def test_shapes_results_round_trip_through_json(quick_shapes, tmp_path):
     runs, config = bench_shapes.load_json(path)
     assert config == bench_shapes.QUICK and [r.method for r in runs] == [r.method for r in quick_shapes]
     assert bench_shapes.format_shapes(runs, config) == bench_shapes.format_shapes(quick_shapes, bench_shapes.QUICK)
+
+
+def test_cli_bench_shapes_renders_stored_outcomes(quick_shapes, tmp_path, capsys):
+    import json
+
+    from zigzag_kdiff import bench_shapes
+    from zigzag_kdiff.cli import main
+
+    path = tmp_path / "shapes.json"
+    path.write_text(json.dumps(bench_shapes.to_json(quick_shapes, bench_shapes.QUICK)))
+    assert main(["bench", "shapes", "--from-json", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == bench_shapes.format_shapes(quick_shapes, bench_shapes.QUICK).strip()
