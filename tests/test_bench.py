@@ -179,3 +179,13 @@ def test_tokenizer_round_trips_through_auto_tokenizer(tmp_path):
     vocab = shapes.vocabulary()
     assert [vocab[i] for i in ids[0]] == ["<bos>", "three", "magenta", "squares", "at", "the", "bottom", "<eos>"]
     assert [vocab[i] for i in ids[1]] == ["<bos>", "<eos>"] + ["<pad>"] * 6
+
+
+def test_cli_bench_gmm_quick_prints_every_table(capsys):
+    from zigzag_kdiff.cli import main
+
+    assert main(["bench", "gmm", "--quick"]) == 0
+    out = capsys.readouterr().out
+    for dim in (m.dim for m in bench_gmm.QUICK.mixtures):
+        assert f"### d = {dim} " in out and f"#### d = {dim}: λ sweep" in out
+    assert out.count("| method | rows/sample |") == len(bench_gmm.QUICK.mixtures)

@@ -47,6 +47,7 @@ def test_shapes_bench_quick_runs_paired_and_counts_rows(quick_shapes):
         assert all(v.shape == (config.seeds, config.prompts) and v.dtype == bool for v in run.outcomes.values())
         all_correct = run.outcomes["count"] & run.outcomes["colour"] & run.outcomes["position"]
         assert np.array_equal(run.outcomes["all_correct"], all_correct)
+        assert np.array_equal(run.outcomes["count_colour"], run.outcomes["count"] & run.outcomes["colour"])
 
 
 def test_shapes_sampling_is_deterministic():
@@ -70,9 +71,39 @@ def test_shapes_tables_shape(quick_shapes):
 
     text = bench_shapes.format_shapes(quick_shapes, bench_shapes.QUICK)
     lines = text.splitlines()
-    header = lines.index("| method | images | rows/image | count | colour | position | all correct | clean |")
+    header = lines.index(
+        "| method | images | rows/image | count | colour | position | all correct | count ∧ colour | clean |"
+    )
     body = [line for line in lines[header + 2 :] if line.startswith("|")][: len(quick_shapes)]
-    assert len(body) == len(quick_shapes) and all(line.count("|") == 9 for line in body)
+    assert len(body) == len(quick_shapes) and all(line.count("|") == 10 for line in body)
     tests = bench_shapes.comparisons(quick_shapes, bench_shapes.QUICK)
-    assert tests and all(0 <= t.p_value <= 1 and t.images == 16 for t in tests)
+    assert tests and all(t.images == 16 and set(t.tests) == set(bench_shapes.TESTED) for t in tests)
+    for test in tests:
+        for attribute in test.tests.values():
+            assert 0 <= attribute.p_value <= 1 and attribute.wins + attribute.losses <= 16
+            assert attribute.delta[1] <= attribute.delta[0] <= attribute.delta[2]
     assert "McNemar" in text and "λ sweep" in text
+
+
+def test_shapes_results_round_trip_through_json(quick_shapes, tmp_path):
+    import json
+
+    from zigzag_kdiff import bench_shapes
+
+    path = tmp_path / "shapes.json"
+    path.write_text(json.dumps(bench_shapes.to_json(quick_shapes, bench_shapes.QUICK)))
+    runs, config = bench_shapes.load_json(path)
+    assert config == bench_shapes.QUICK and [r.method for r in runs] == [r.method for r in quick_shapes]
+    assert bench_shapes.format_shapes(runs, config) == bench_shapes.format_shapes(quick_shapes, bench_shapes.QUICK)
+
+
+def test_cli_bench_shapes_renders_stored_outcomes(quick_shapes, tmp_path, capsys):
+    import json
+
+    from zigzag_kdiff import bench_shapes
+    from zigzag_kdiff.cli import main
+
+    path = tmp_path / "shapes.json"
+    path.write_text(json.dumps(bench_shapes.to_json(quick_shapes, bench_shapes.QUICK)))
+    assert main(["bench", "shapes", "--from-json", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == bench_shapes.format_shapes(quick_shapes, bench_shapes.QUICK).strip()

@@ -42,7 +42,8 @@ __all__ = [
     "sample_grid",
 ]
 
-ATTRIBUTES = ("count", "colour", "position", "all_correct", "clean")
+ATTRIBUTES = ("count", "colour", "position", "all_correct", "count_colour", "clean")
+TESTED = ("all_correct", "count_colour", "clean")  # the attributes of the paired tests
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,9 @@ def generate(
 def score(images: torch.Tensor, specs: list[shapes.ShapeSpec]) -> dict[str, np.ndarray]:
     """Checker outcomes per image: ``{attribute: bool array}``."""
     results = [shapes.check_image(image.numpy(), spec) for image, spec in zip(images, specs)]
-    return {name: np.array([getattr(r, name) for r in results]) for name in ATTRIBUTES}
+    outcomes = {name: np.array([getattr(r, name) for r in results]) for name in ATTRIBUTES if name != "count_colour"}
+    outcomes["count_colour"] = outcomes["count"] & outcomes["colour"]
+    return outcomes
 
 
 @dataclass
@@ -320,41 +323,47 @@ def proportion_ci(successes: np.ndarray) -> tuple[float, float, float]:
 
 
 @dataclass(frozen=True)
+class PairedAttribute:
+    """Δ rate (method − baseline) with a paired bootstrap CI, discordant pairs and McNemar's exact p."""
+
+    delta: tuple[float, float, float]
+    wins: int  # method right, baseline wrong
+    losses: int
+    p_value: float
+
+    @property
+    def win_rate(self) -> float:
+        decided = self.wins + self.losses
+        return self.wins / decided if decided else math.nan
+
+
+@dataclass(frozen=True)
 class Paired:
-    """A method against a baseline on the same images: Δ rate with a paired bootstrap CI, McNemar's exact p."""
+    """A method against a baseline on the same images (same prompt, same seed), per tested attribute."""
 
     method: str
     baseline: str
     relation: str
     images: int
-    delta: tuple[float, float, float]
-    wins: int  # method right, baseline wrong
-    losses: int
-    p_value: float
-    delta_clean: tuple[float, float, float]
+    tests: dict[str, PairedAttribute]
 
 
-def paired_test(run: Run, baseline: Run, relation: str, attribute: str = "all_correct") -> Paired:
+def paired_attribute(a: np.ndarray, b: np.ndarray) -> PairedAttribute:
     from scipy import stats
 
     from .bench_gmm import mean_ci
 
-    seeds = min(run.outcomes[attribute].shape[0], baseline.outcomes[attribute].shape[0])
-    a = run.outcomes[attribute][:seeds].ravel()
-    b = baseline.outcomes[attribute][:seeds].ravel()
+    a, b = np.asarray(a, dtype=bool).ravel(), np.asarray(b, dtype=bool).ravel()
     wins, losses = int((a & ~b).sum()), int((~a & b).sum())
     p = stats.binomtest(wins, wins + losses, 0.5).pvalue if wins + losses else 1.0
-    clean_a, clean_b = (r.outcomes["clean"][:seeds].ravel() for r in (run, baseline))
+    return PairedAttribute(mean_ci(a.astype(float) - b.astype(float)), wins, losses, float(p))
+
+
+def paired_test(run: Run, baseline: Run, relation: str) -> Paired:
+    seeds = min(run.outcomes["all_correct"].shape[0], baseline.outcomes["all_correct"].shape[0])
+    tests = {k: paired_attribute(run.outcomes[k][:seeds], baseline.outcomes[k][:seeds]) for k in TESTED}
     return Paired(
-        run.method.label,
-        baseline.method.label,
-        relation,
-        a.size,
-        mean_ci(a.astype(float) - b.astype(float)),
-        wins,
-        losses,
-        float(p),
-        mean_ci(clean_a.astype(float) - clean_b.astype(float)),
+        run.method.label, baseline.method.label, relation, seeds * run.outcomes["all_correct"].shape[1], tests
     )
 
 
@@ -411,45 +420,52 @@ def format_shapes(runs: list[Run], config: Config) -> str:
         f"(variants: × {config.sweep_seeds} seeds), same initial noise for every method. Rates in % with 95 % "
         "Wilson intervals; all correct = count ∧ colour ∧ position (cleanliness separate).",
         "",
-        "| method | images | rows/image | count | colour | position | all correct | clean |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| method | images | rows/image | count | colour | position | all correct | count ∧ colour | clean |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         o = run.outcomes
         lines.append(
             f"| {run.method.label} | {o['count'].size} | {run.rows_per_image:g} | {100 * o['count'].mean():.1f} "
             f"| {100 * o['colour'].mean():.1f} | {100 * o['position'].mean():.1f} "
-            f"| {_pct(proportion_ci(o['all_correct']))} | {100 * o['clean'].mean():.1f} |"
+            f"| {_pct(proportion_ci(o['all_correct']))} | {_pct(proportion_ci(o['count_colour']))} "
+            f"| {_pct(proportion_ci(o['clean']))} |"
         )
     lines += [
         "",
         f"Best scale of the standard sweep (all correct): {best:g}.",
         "",
-        "Paired tests on all correct (same prompt and seed): Δ = method − baseline in percentage points, 95 % "
-        "bootstrap CI over images; wins/losses = discordant pairs; p = McNemar's exact test.",
+        "Paired tests (same prompt and seed): Δ = method − baseline in percentage points with a 95 % bootstrap CI "
+        "over images; w/l = discordant pairs (method right and baseline wrong / the reverse); p = McNemar's exact "
+        "test.",
         "",
-        "| method | baseline | images | Δ all correct | wins / losses | McNemar p | Δ clean |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| method | baseline | images | Δ all correct (w/l, p) | Δ count ∧ colour (w/l, p) | Δ clean (w/l, p) |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for test in comparisons(runs, config):
+        cells = [
+            f"{_pct(t.delta, True)} ({t.wins}/{t.losses}, {t.p_value:.2g})" for t in (test.tests[k] for k in TESTED)
+        ]
         lines.append(
-            f"| {test.method} | {test.baseline} ({test.relation}) | {test.images} | {_pct(test.delta, True)} "
-            f"| {test.wins} / {test.losses} | {test.p_value:.3g} | {_pct(test.delta_clean, True)} |"
+            f"| {test.method} | {test.baseline} ({test.relation}) | {test.images} | " + " | ".join(cells) + " |"
         )
     sweep = lambda_rows(runs, config)
     if sweep:
         lines += [
             "",
             f"λ sweep (γ₁ = {config.reference_scale:g}, γ₂ = 0, {config.rule} rule; paper Fig. 9): win rate = wins / "
-            "(wins + losses) in all correct against standard CFG at γ₁ on the same images.",
+            "(wins + losses) against standard CFG at γ₁ on the same images.",
             "",
-            "| λ | images | rows/image | all correct | win rate | McNemar p |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| λ | images | rows/image | all correct | win rate, all correct (p) | win rate, count ∧ colour (p) "
+            "| win rate, clean (p) |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in sweep:
+            cells = [f"{_fmt_rate(row['win_rate'][k])} ({row['p_value'][k]:.2g})" for k in TESTED]
             lines.append(
-                f"| {row['lambda']} | {row['images']} | {row['rows']:g} | {_pct(row['all_correct'])} "
-                f"| {_fmt_rate(row['win_rate'])} | {row['p_value']:.3g} |"
+                f"| {row['lambda']} | {row['images']} | {row['rows']:g} | {_pct(row['all_correct'])} | "
+                + " | ".join(cells)
+                + " |"
             )
     gaps = gap_rows(runs, config)
     if gaps:
@@ -497,15 +513,14 @@ def lambda_rows(runs: list[Run], config: Config) -> list[dict[str, Any]]:
     rows = []
     for run in sorted(candidates, key=lambda r: r.method.lam):
         test = paired_test(replace(run, outcomes={k: v[:seeds] for k, v in run.outcomes.items()}), standard, "")
-        decided = test.wins + test.losses
         rows.append(
             {
                 "lambda": run.method.lam,
                 "images": test.images,
                 "rows": run.rows_per_image,
                 "all_correct": proportion_ci(run.outcomes["all_correct"][:seeds]),
-                "win_rate": test.wins / decided if decided else math.nan,
-                "p_value": test.p_value,
+                "win_rate": {k: t.win_rate for k, t in test.tests.items()},
+                "p_value": {k: t.p_value for k, t in test.tests.items()},
             }
         )
     return rows
@@ -593,6 +608,20 @@ def to_json(runs: list[Run], config: Config) -> dict[str, Any]:
     }
 
 
+def load_json(path: str | Path) -> tuple[list[Run], Config]:
+    """Runs and config back from ``shapes.json`` (outcomes per image), to re-render tables and plots."""
+    data = json.loads(Path(path).read_text())
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()}
+    config = Config(**fields)
+    runs = []
+    for item in data["runs"]:
+        method = Method(**{k: tuple(v) if isinstance(v, list) else v for k, v in item["method"].items()})
+        outcomes = {k: np.asarray(v, dtype=bool) for k, v in item["outcomes"].items()}
+        outcomes.setdefault("count_colour", outcomes["count"] & outcomes["colour"])
+        runs.append(Run(method, item["rows_per_image"], item["seconds"], outcomes))
+    return runs, config
+
+
 def write_outputs(runs: list[Run], config: Config, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -611,25 +640,32 @@ def plot_shapes(runs: list[Run], config: Config, folder: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     paths = []
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 4.8))
     sweep = sorted([r for r in runs if r.method.family == "standard"], key=lambda r: r.method.scale)
-    ax.plot(
-        [r.outcomes["all_correct"].mean() for r in sweep],
-        [r.outcomes["clean"].mean() for r in sweep],
-        "-o",
-        color="k",
-        label="standard CFG sweep",
-    )
-    for r in sweep:
-        ax.annotate(f"{r.method.scale:g}", (r.outcomes["all_correct"].mean(), r.outcomes["clean"].mean()), fontsize=7)
-    for r in runs:
-        if r.method.family in ("standard", "λ sweep", "γ₂ sweep"):
-            continue
-        ax.plot(r.outcomes["all_correct"].mean(), r.outcomes["clean"].mean(), "s", label=r.method.label)
-    ax.set_xlabel("all correct (adherence)")
-    ax.set_ylabel("clean (shape fidelity)")
-    ax.legend(fontsize=6)
-    ax.set_title("Adherence vs fidelity, bundled shapes model")
+    others = [r for r in runs if r.method.family not in ("standard", "λ sweep", "γ₂ sweep")]
+    seeds = min(r.outcomes["clean"].shape[0] for r in runs)  # every point on the same images
+
+    def rate(run: Run, key: str) -> float:
+        return float(run.outcomes[key][:seeds].mean())
+
+    colours = plt.get_cmap("tab20").colors
+    for ax, key in zip(axes, ("all_correct", "count_colour")):
+        ax.plot(
+            [rate(r, key) for r in sweep],
+            [rate(r, "clean") for r in sweep],
+            "-o",
+            color="k",
+            label=f"standard CFG sweep, T={config.steps}",
+        )
+        for r in sweep:
+            ax.annotate(f"{r.method.scale:g}", (rate(r, key), rate(r, "clean")), fontsize=7)
+        for n, r in enumerate(others):
+            marker = "^" if r.method.rule == "standard" else "s"
+            ax.plot(rate(r, key), rate(r, "clean"), marker, color=colours[n % 20], label=r.method.label)
+        ax.set_xlabel(f"{'all correct' if key == 'all_correct' else 'count ∧ colour'} (adherence)")
+        ax.set_ylabel("clean (shape fidelity)")
+    axes[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(f"Adherence vs fidelity, bundled shapes model ({config.prompts} prompts × {seeds} seeds, paired)")
     fig.tight_layout()
     paths.append(folder / "shapes_frontier.png")
     fig.savefig(paths[-1], dpi=110)
@@ -638,7 +674,9 @@ def plot_shapes(runs: list[Run], config: Config, folder: Path) -> list[Path]:
     rows = lambda_rows(runs, config)
     if rows:
         fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.plot([r["lambda"] for r in rows], [r["win_rate"] for r in rows], "-o")
+        for key in TESTED:
+            ax.plot([r["lambda"] for r in rows], [r["win_rate"][key] for r in rows], "-o", label=key.replace("_", " "))
+        ax.legend(fontsize=7)
         ax.axhline(0.5, color="grey", lw=0.8)
         ax.set_xlabel("λ (zigzag steps)")
         ax.set_ylabel(f"win rate vs standard CFG {config.reference_scale:g}")
@@ -698,32 +736,46 @@ def plot_shapes(runs: list[Run], config: Config, folder: Path) -> list[Path]:
 
 
 def sample_grid(config: Config, path: str | Path, seeds: int = 2) -> Path:
-    """A PNG grid from the bundled model: one row per method, one column per prompt (all 12 colour ×
-    position pairs of each count shown for the first seeds)."""
-    from PIL import Image
+    """A labelled PNG grid from the model: one row per method and seed, one column per prompt (18 of the
+    72: every count and colour, the position cycling), same initial noise along each row block."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     torch.set_num_threads(config.threads)
     model = load_model(config.model)
-    specs = [s for s in shapes.all_specs() if s.position in ("left", "top")][::2]
+    specs = [s for i, s in enumerate(shapes.all_specs()) if i % 4 == (i // 4) % 4]  # positions cycle
     cond = model.encode([s.prompt for s in specs])
     uncond = model.encode([""])
-    best = config.reference_scale
+    ref = config.reference_scale
     methods = [
         Method("standard", "standard", 1.0, config.steps),
-        Method("standard", "standard", best, config.steps),
-        Method("standard", "standard", 2 * best, config.steps),
-        Method("Z", config.rule, best, config.steps),
-        Method("standard, equal rows", "standard", best, config.equal_row_steps),
+        Method("standard", "standard", ref, config.steps),
+        Method("standard", "standard", 2 * ref, config.steps),
+        Method("Z", config.rule, ref, config.steps),
+        Method("standard, equal rows", "standard", ref, config.equal_row_steps),
     ]
     rows = []
     for seed in range(seeds):
         noise = torch.randn(len(specs), 3, 16, 16, generator=torch.Generator().manual_seed(seed))
         for method in methods:
             images, _ = generate(model, method, noise, cond, uncond, config.batch)
-            padded = np.pad(images.numpy().transpose(0, 2, 3, 1), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=0.5)
-            rows.append(np.concatenate(list(padded), axis=1))
-    grid = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
-    image = Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST)
+            rows.append((f"seed {seed}: {method.label}", images.numpy().transpose(0, 2, 3, 1)))
+    fig, axes = plt.subplots(len(rows), len(specs), figsize=(0.75 * len(specs) + 2.6, 0.8 * len(rows) + 0.6))
+    for r, (label, images) in enumerate(rows):
+        for c, image in enumerate(images):
+            ax = axes[r][c]
+            ax.imshow(image, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                spec = specs[c]
+                ax.set_title(f"{spec.count} {spec.colour}\n{spec.position}", fontsize=7)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    fig.suptitle("Bundled shapes16 model: prompt = '<count> <colour> square(s) <position>'", fontsize=9)
+    fig.tight_layout()
     path = Path(path)
-    image.save(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path

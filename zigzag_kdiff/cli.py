@@ -31,12 +31,15 @@ def _bench(args: argparse.Namespace) -> int:
         from . import bench_shapes
 
         config = bench_shapes.QUICK if args.quick else bench_shapes.Config()
+        start = time.perf_counter()
+        if args.from_json:  # re-render tables and plots from stored per-image outcomes
+            results, config = bench_shapes.load_json(args.from_json)
         if args.model:
             config = bench_shapes.replace(config, model=args.model)
         if args.threads:
             config = bench_shapes.replace(config, threads=args.threads)
-        start = time.perf_counter()
-        results = bench_shapes.run_shapes(config, log=_log if args.verbose else None)
+        if not args.from_json:
+            results = bench_shapes.run_shapes(config, log=_log if args.verbose else None)
         print(bench_shapes.format_shapes(results, config))
         if args.out:
             for path in bench_shapes.write_outputs(results, config, args.out):
@@ -169,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="gmm/shapes: also write markdown, JSON and plots into this folder")
     bench.add_argument("--model", help="shapes: a diffusers folder (default: the bundled shapes16 model)")
     bench.add_argument("--threads", type=int, help="shapes: torch threads (default 1: fastest on a busy machine)")
+    bench.add_argument("--from-json", help="shapes: re-render the tables and plots of a stored shapes.json")
     bench.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     bench.set_defaults(run=_bench)
     _add_compare(commands)
