@@ -1,6 +1,9 @@
 """Benchmarks that print tables. ``zigzag-kdiff bench cost``: model calls, batch rows and wall time.
 
 Numbers are ratios measured in one run, interleaving methods (these machines are noisy).
+
+Also here, shared by the evidence benchmarks (:mod:`.bench_gmm`, :mod:`.bench_shapes`): :class:`Method`,
+one sampler setting, and :func:`sample_method`, which runs it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,64 @@ class ModelTimer(nn.Module):
         out = self.inner_model(*args, **kwargs)
         self.seconds += time.perf_counter() - start
         return out
+
+
+@dataclass(frozen=True)
+class Method:
+    """One sampler setting of a benchmark.
+
+    ``rule``: "standard" (plain CFG, Euler/DDIM steps) or Z-Sampling's inversion rule, "euler" or
+    "ddim". ``scale`` is the CFG scale (γ₁ for Z-Sampling), ``inversion_scale`` γ₂, ``zigzag_steps`` λ
+    (None: T − 1). ``family`` only groups runs in tables and plots; ``seeds`` (None: all of the
+    benchmark's seeds) says on how many seeds a benchmark runs it.
+    """
+
+    family: str
+    rule: str
+    scale: float
+    steps: int
+    inversion_scale: float = 0.0
+    zigzag_steps: int | None = None
+    interval: tuple[float, float] | None = None
+    seeds: int | None = None
+
+    @property
+    def lam(self) -> int:
+        """λ: the number of zigzag steps (0 for standard sampling)."""
+        if self.rule == "standard":
+            return 0
+        return self.steps - 1 if self.zigzag_steps is None else self.zigzag_steps
+
+    @property
+    def label(self) -> str:
+        """The settings, e.g. ``Z ddim γ₁=3 γ₂=0 λ=19 T=20`` or ``CFG 3 T=20 interval [0.28, 5.42]``."""
+        if self.lam == 0:
+            parts = [f"CFG {self.scale:g}"]
+        else:
+            parts = [f"Z {self.rule} γ₁={self.scale:g} γ₂={self.inversion_scale:g} λ={self.lam}"]
+        parts.append(f"T={self.steps}")
+        if self.interval is not None:
+            parts.append(f"interval [{self.interval[0]:g}, {self.interval[1]:g}]")
+        return " ".join(parts)
+
+    def settings(self) -> tuple:
+        """What determines the samples (``family`` and ``seeds`` do not): runs with equal settings are shared."""
+        if self.lam == 0:
+            return ("standard", self.scale, self.steps, self.interval)
+        return (self.rule, self.scale, self.steps, self.inversion_scale, self.lam, self.interval)
+
+
+def sample_method(
+    method: Method, guided: nn.Module, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict[str, Any]
+) -> torch.Tensor:
+    """Run ``method`` with a :class:`~zigzag_kdiff.guidance.CFGDenoiser` ``guided`` from ``x`` (at ``sigmas[0]``);
+    ``extra_args`` carries ``cond``, ``uncond`` and ``cond_scale`` (= ``method.scale``)."""
+    if method.lam == 0:  # standard sampling is the zigzag sampler with λ = 0 (bit for bit k-diffusion's Euler)
+        return sample_zigzag_euler(guided, x, sigmas, extra_args, disable=True, zigzag_steps=0)
+    sampler = {"euler": sample_zigzag_euler, "ddim": sample_zigzag_ddim}[method.rule]
+    return sampler(
+        guided, x, sigmas, extra_args, disable=True, inversion_scale=method.inversion_scale, zigzag_steps=method.lam
+    )
 
 
 @dataclass

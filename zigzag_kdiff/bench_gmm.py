@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .bench import Method, sample_method
 from .gmm import UNCONDITIONAL, GaussianMixture
 from .guidance import CallCounter, CFGDenoiser
-from .sampling import sample_zigzag_ddim, sample_zigzag_euler
 
 CFG_SCALES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 14.0)
 ZIGZAG_SCALES = (1.5, 2.5, 4.0, 5.5, 7.0)
@@ -52,7 +52,7 @@ class Mixture:
     seed: int = 0
 
     def build(self) -> GaussianMixture:
-        return FastGaussianMixture.random(
+        return GaussianMixture.random(
             self.num_classes, self.components_per_class, self.dim, self.separation, self.variance, self.seed
         )
 
@@ -99,32 +99,6 @@ QUICK = Config(
 )
 
 
-@dataclass(frozen=True)
-class Method:
-    """One sampler setting. ``rule``: "standard" (plain Euler CFG), "euler" or "ddim" (Z-Sampling)."""
-
-    family: str
-    rule: str
-    scale: float
-    steps: int
-    inversion_scale: float = 0.0
-    zigzag_steps: int | None = None  # None: steps − 1
-    interval: tuple[float, float] | None = None
-
-    @property
-    def label(self) -> str:
-        """The settings, e.g. ``Z euler γ₁=3 γ₂=0 λ=49 T=50`` or ``CFG 4 T=50 interval``."""
-        if self.rule == "standard":
-            parts = [f"CFG {self.scale:g}"]
-        else:
-            lam = self.steps - 1 if self.zigzag_steps is None else self.zigzag_steps
-            parts = [f"Z {self.rule} γ₁={self.scale:g} γ₂={self.inversion_scale:g} λ={lam}"]
-        parts.append(f"T={self.steps}")
-        if self.interval is not None:
-            parts.append("interval")
-        return " ".join(parts)
-
-
 @dataclass
 class Run:
     method: Method
@@ -144,35 +118,6 @@ class DimResult:
 
 
 # --- sampling -------------------------------------------------------------------------------------
-
-
-class FastGaussianMixture(GaussianMixture):
-    """The same exact denoiser as :class:`GaussianMixture`, computed with matrix products.
-
-    For each distinct σ in the batch (samplers pass one), ``w = 1/(v + σ²)`` is ``[components, dim]`` and
-    ``Σ_d (x − μ)²·w = x²·wᵀ − 2x·(μw)ᵀ + Σ μ²w``; the posterior mean is
-    ``resp·(μ(1 − s)) + x ⊙ (resp·s)`` with shrinkage ``s = v·w``. Float64 throughout.
-    """
-
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        x64 = x.to(torch.float64).reshape(x.shape[0], -1)
-        sigma64 = sigma.to(torch.float64).reshape(-1).expand(x.shape[0])
-        mask = self._class_mask(cond, x.shape[0])
-        if bool((sigma64 == sigma64[0]).all()):
-            return self._denoise(x64, sigma64[0], mask).to(x.dtype).reshape(x.shape)
-        out = torch.empty_like(x64)
-        for level in sigma64.unique():
-            rows = sigma64 == level
-            out[rows] = self._denoise(x64[rows], level, mask[rows])
-        return out.to(x.dtype).reshape(x.shape)
-
-    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        w = 1 / (self.variances + sigma**2)  # [K, D]
-        quad = (x**2) @ w.T - 2 * x @ (self.means * w).T + (self.means**2 * w).sum(-1)
-        log_n = -0.5 * (quad + torch.log(2 * math.pi / w).sum(-1)) + self.log_weights
-        resp = log_n.masked_fill(~mask, -math.inf).softmax(-1)
-        shrink = self.variances * w
-        return resp @ (self.means * (1 - shrink)) + x * (resp @ shrink)
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -201,20 +146,7 @@ def sample(model: GaussianMixture, method: Method, noise: torch.Tensor, labels: 
     guided = CFGDenoiser(counter, guidance_interval=method.interval)
     sigmas = karras_sigmas(method.steps, config.sigma_min, config.sigma_max)
     args = {"cond": labels, "uncond": torch.full_like(labels, UNCONDITIONAL), "cond_scale": method.scale}
-    x = noise * sigmas[0]
-    if method.rule == "standard":
-        out = sample_zigzag_euler(guided, x, sigmas, args, disable=True, zigzag_steps=0)
-    else:
-        sampler = {"euler": sample_zigzag_euler, "ddim": sample_zigzag_ddim}[method.rule]
-        out = sampler(
-            guided,
-            x,
-            sigmas,
-            args,
-            disable=True,
-            inversion_scale=method.inversion_scale,
-            zigzag_steps=method.zigzag_steps,
-        )
+    out = sample_method(method, guided, noise * sigmas[0], sigmas, args)
     return out, counter.rows / len(noise)
 
 
@@ -314,20 +246,7 @@ def methods_for(config: Config) -> list[Method]:
 
 def _dedupe(methods: list[Method]) -> list[Method]:
     """Keep every family's list but run identical settings once (see :func:`run_dim`)."""
-    seen: dict[Method, None] = {}
-    for method in methods:
-        seen.setdefault(method, None)
-    return list(seen)
-
-
-def _settings(method: Method) -> tuple:
-    """What determines the samples (the family label does not)."""
-    zigzag_steps = method.zigzag_steps
-    if method.rule != "standard" and zigzag_steps is None:
-        zigzag_steps = method.steps - 1
-    if method.rule == "standard" or zigzag_steps == 0:
-        return ("standard", method.scale, method.steps, method.interval)
-    return (method.rule, method.scale, method.steps, method.inversion_scale, zigzag_steps, method.interval)
+    return list(dict.fromkeys(methods))
 
 
 def run_dim(mixture: Mixture, config: Config, log=None) -> DimResult:
@@ -336,7 +255,7 @@ def run_dim(mixture: Mixture, config: Config, log=None) -> DimResult:
     result = DimResult(mixture)
     cache: dict[tuple, Run] = {}
     for method in methods_for(config):
-        key = _settings(method)
+        key = method.settings()
         if key not in cache:
             cache[key] = run_method(model, method, noise, labels, config)
             if log:

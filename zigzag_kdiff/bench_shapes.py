@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from . import shapes
+from .bench import Method, sample_method
 from .guidance import CallCounter, CFGDenoiser
-from .sampling import ddim_sigmas, sample_zigzag_ddim, sample_zigzag_euler
+from .sampling import ddim_sigmas
 
 __all__ = [
     "Config",
@@ -44,43 +45,6 @@ __all__ = [
 
 ATTRIBUTES = ("count", "colour", "position", "all_correct", "count_colour", "clean")
 TESTED = ("all_correct", "count_colour", "clean")  # the attributes of the paired tests
-
-
-@dataclass(frozen=True)
-class Method:
-    """One sampler setting. ``rule``: "standard" (plain Euler/DDIM CFG), "euler" or "ddim" (Z-Sampling)."""
-
-    family: str
-    rule: str
-    scale: float
-    steps: int
-    inversion_scale: float = 0.0
-    zigzag_steps: int | None = None  # None: steps − 1
-    interval: tuple[float, float] | None = None
-    seeds: int | None = None  # None: all of the config's seeds
-
-    @property
-    def lam(self) -> int:
-        if self.rule == "standard":
-            return 0
-        return self.steps - 1 if self.zigzag_steps is None else self.zigzag_steps
-
-    @property
-    def label(self) -> str:
-        if self.rule == "standard":
-            parts = [f"CFG {self.scale:g}"]
-        else:
-            parts = [f"Z {self.rule} γ₁={self.scale:g} γ₂={self.inversion_scale:g} λ={self.lam}"]
-        parts.append(f"T={self.steps}")
-        if self.interval is not None:
-            parts.append(f"interval [{self.interval[0]:g}, {self.interval[1]:g}]")
-        return " ".join(parts)
-
-    def settings(self) -> tuple:
-        """What determines the images (the family does not)."""
-        if self.lam == 0:
-            return ("standard", self.scale, self.steps, self.interval)
-        return (self.rule, self.scale, self.steps, self.inversion_scale, self.lam, self.interval)
 
 
 @dataclass(frozen=True)
@@ -233,13 +197,7 @@ def generate(
             "uncond": {"encoder_hidden_states": uncond},
             "cond_scale": method.scale,
         }
-        if method.lam == 0:
-            out = sample_zigzag_euler(guided, x, sigmas, args, disable=True, zigzag_steps=0)
-        else:
-            sampler = {"euler": sample_zigzag_euler, "ddim": sample_zigzag_ddim}[method.rule]
-            out = sampler(
-                guided, x, sigmas, args, disable=True, inversion_scale=method.inversion_scale, zigzag_steps=method.lam
-            )
+        out = sample_method(method, guided, x, sigmas, args)
         # back from k-diffusion's VE form at σ_end to the image: x_vp = x / sqrt(1 + σ²)
         images.append(((out / (1 + sigmas[-1] ** 2) ** 0.5 + 1) / 2).clamp(0, 1))
     return torch.cat(images), counter.rows / len(noise)

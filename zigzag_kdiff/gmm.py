@@ -125,11 +125,21 @@ class GaussianMixture(nn.Module):
     # --- the denoiser -----------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self._component_log_prob(x, sigma)
-        logits = logits.masked_fill(~self._class_mask(cond, x.shape[0]), -math.inf)
-        resp = logits.softmax(-1)  # [batch, components]
-        x64 = x.to(torch.float64).reshape(x.shape[0], 1, -1)
-        var = self.variances[None]
-        shrink = var / (var + sigma.to(torch.float64).reshape(-1, 1, 1) ** 2)
-        per_component = self.means[None] + shrink * (x64 - self.means[None])
-        return (resp[:, :, None] * per_component).sum(1).to(x.dtype).reshape(x.shape)
+        x64 = x.to(torch.float64).reshape(x.shape[0], -1)
+        sigma64 = sigma.to(torch.float64).reshape(-1).expand(x.shape[0])
+        mask = self._class_mask(cond, x.shape[0])
+        out = torch.empty_like(x64)
+        for level in sigma64.unique():  # samplers pass one σ per call
+            rows = sigma64 == level
+            out[rows] = self._denoise(x64[rows], level, mask[rows])
+        return out.to(x.dtype).reshape(x.shape)
+
+    def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``E[x₀ | x, c]`` at one σ with matrix products: with ``w = 1/(v + σ²)`` (``[K, D]``),
+        ``Σ_d (x − μ)²·w = x²·wᵀ − 2x·(μw)ᵀ + Σ μ²w``; then ``r·(μ(1 − s)) + x ⊙ (r·s)``, ``s = v·w``."""
+        w = 1 / (self.variances + sigma**2)
+        quad = (x**2) @ w.T - 2 * x @ (self.means * w).T + (self.means**2 * w).sum(-1)
+        log_n = -0.5 * (quad + torch.log(2 * math.pi / w).sum(-1)) + self.log_weights
+        resp = log_n.masked_fill(~mask, -math.inf).softmax(-1)  # r_k, over the components of class c
+        shrink = self.variances * w
+        return resp @ (self.means * (1 - shrink)) + x * (resp @ shrink)
