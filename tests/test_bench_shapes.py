@@ -66,6 +66,14 @@ def test_shapes_sampling_is_deterministic():
     assert first.shape == (2, 3, 16, 16) and 0 <= float(first.min()) and float(first.max()) <= 1
 
 
+def test_first_seed_selects_an_independent_seed_range():
+    from zigzag_kdiff import bench_shapes
+
+    base = bench_shapes.initial_noise(3, 2)
+    shifted = bench_shapes.initial_noise(2, 2, first_seed=1)
+    assert torch.equal(shifted, base[1:]) and not torch.equal(shifted[0], base[0])
+
+
 def test_shapes_tables_shape(quick_shapes):
     from zigzag_kdiff import bench_shapes
 

@@ -66,6 +66,7 @@ class Config:
     mixtures: tuple[Mixture, ...] = MIXTURES
     steps: int = 50
     seeds: int = 12
+    first_seed: int = 0  # seeds first_seed … first_seed + seeds − 1 (another range: an independent replicate)
     per_class: int = 128
     cfg_scales: tuple[float, ...] = CFG_SCALES
     zigzag_scales: tuple[float, ...] = ZIGZAG_SCALES
@@ -133,7 +134,7 @@ def initial_noise(config: Config, mixture: Mixture) -> tuple[torch.Tensor, torch
     noise = torch.cat(
         [
             torch.randn(per_seed, mixture.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-            for seed in range(config.seeds)
+            for seed in range(config.first_seed, config.first_seed + config.seeds)
         ]
     )
     labels = torch.arange(mixture.num_classes).repeat_interleave(config.per_class).repeat(config.seeds)

@@ -20,6 +20,8 @@ def _bench(args: argparse.Namespace) -> int:
         from . import bench_gmm
 
         config = bench_gmm.QUICK if args.quick else bench_gmm.Config()
+        if args.first_seed is not None:
+            config = bench_gmm.replace(config, first_seed=args.first_seed)
         start = time.perf_counter()
         results = bench_gmm.run_gmm(config, log=_log if args.verbose else None)
         print(bench_gmm.format_gmm(results, config))
@@ -38,6 +40,8 @@ def _bench(args: argparse.Namespace) -> int:
             config = bench_shapes.replace(config, model=args.model)
         if args.threads:
             config = bench_shapes.replace(config, threads=args.threads)
+        if args.first_seed is not None and not args.from_json:
+            config = bench_shapes.replace(config, first_seed=args.first_seed)
         if not args.from_json:
             results = bench_shapes.run_shapes(config, log=_log if args.verbose else None)
         print(bench_shapes.format_shapes(results, config))
@@ -173,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", help="shapes: a diffusers folder (default: the bundled shapes16 model)")
     bench.add_argument("--threads", type=int, help="shapes: torch threads (default 1: fastest on a busy machine)")
     bench.add_argument("--from-json", help="shapes: re-render the tables and plots of a stored shapes.json")
+    bench.add_argument(
+        "--first-seed",
+        type=int,
+        help="gmm/shapes: first seed (default 0); another range: an independent replicate",
+    )
     bench.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     bench.set_defaults(run=_bench)
     _add_compare(commands)
