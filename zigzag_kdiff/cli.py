@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 
 def _log(message: str) -> None:
@@ -50,6 +51,17 @@ def _bench(args: argparse.Namespace) -> int:
                 _log(f"wrote {path}")
         _log(f"bench shapes: {time.perf_counter() - start:.0f}s")
     return 0
+
+
+def _replicate(args: argparse.Namespace) -> int:
+    from .replicate import compare_files, format_pairs
+
+    for path in (args.reference, args.replicate):
+        if not Path(path).is_file():
+            raise ValueError(f"reference and replicate must be JSON files written by bench --out, got {path}")
+    pairs = compare_files(args.reference, args.replicate)
+    print(format_pairs(pairs, args.worst))
+    return 0 if pairs else 1
 
 
 def _torch_dtype(name: str, device: str) -> object:
@@ -185,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     bench.set_defaults(run=_bench)
     _add_compare(commands)
+    replicate = commands.add_parser(
+        "replicate",
+        help="does a gmm/shapes benchmark JSON reproduce another within its 95 % confidence intervals?",
+    )
+    replicate.add_argument("reference", help="the committed run's JSON (e.g. results/shapes/shapes.json)")
+    replicate.add_argument("replicate", help="the new run's JSON (a rerun, or other seeds with --first-seed)")
+    replicate.add_argument("--worst", type=int, default=10, help="list this many least consistent estimates")
+    replicate.set_defaults(run=_replicate)
     return parser
 
 
