@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import Method, sample_method
+from .bench import Method, sample_method, save_figure
 from .gmm import UNCONDITIONAL, GaussianMixture
 from .guidance import CallCounter, CFGDenoiser
 
@@ -586,10 +586,7 @@ def plot_gmm(results: list[DimResult], config: Config, folder: Path) -> list[Pat
             ax.set_xlabel("adherence: mean logit p(c∣x)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Adherence vs fidelity frontier (each method swept over its scale); below 0 = better than CFG")
-    fig.tight_layout()
-    paths.append(folder / "gmm_frontier.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, folder / "gmm_frontier.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for result in results:
@@ -619,10 +616,7 @@ def plot_gmm(results: list[DimResult], config: Config, folder: Path) -> list[Pat
         ax.set_xlabel("λ (zigzag steps)")
         ax.legend()
     fig.suptitle(f"Win rate vs λ (γ₁ = {config.lambda_scale:g}, γ₂ = 0, T = {config.steps}; cf. paper Fig. 9)")
-    fig.tight_layout()
-    paths.append(folder / "gmm_lambda.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, folder / "gmm_lambda.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for result in results:
@@ -646,10 +640,7 @@ def plot_gmm(results: list[DimResult], config: Config, folder: Path) -> list[Pat
         ax.set_xlabel("γ₂ (inversion scale)")
         ax.legend()
     fig.suptitle(f"Effect of the guidance gap (γ₁ = {config.gap_scale:g}; cf. paper Fig. 7)")
-    fig.tight_layout()
-    paths.append(folder / "gmm_gap.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, folder / "gmm_gap.png"))
 
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4), squeeze=False)
     for ax, result in zip(axes[0], results):
@@ -670,10 +661,7 @@ def plot_gmm(results: list[DimResult], config: Config, folder: Path) -> list[Pat
         ax.set_title(f"d = {result.mixture.dim}")
         ax.legend()
     fig.suptitle(f"Quality at equal compute (adherence of CFG {config.target_scale:g}; cf. paper Fig. 10)")
-    fig.tight_layout()
-    paths.append(folder / "gmm_compute.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, folder / "gmm_compute.png"))
     return paths
 
 

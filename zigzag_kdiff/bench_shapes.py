@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import shapes
-from .bench import Method, sample_method
+from .bench import Method, sample_method, save_figure
 from .guidance import CallCounter, CFGDenoiser
 from .sampling import ddim_sigmas
 
@@ -625,10 +625,7 @@ def plot_shapes(runs: list[Run], config: Config, folder: Path) -> list[Path]:
         ax.set_ylabel("clean (shape fidelity)")
     axes[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(f"Adherence vs fidelity, bundled shapes model ({config.prompts} prompts × {seeds} seeds, paired)")
-    fig.tight_layout()
-    paths.append(folder / "shapes_frontier.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(save_figure(fig, folder / "shapes_frontier.png"))
 
     rows = lambda_rows(runs, config)
     if rows:
@@ -640,10 +637,7 @@ def plot_shapes(runs: list[Run], config: Config, folder: Path) -> list[Path]:
         ax.set_xlabel("λ (zigzag steps)")
         ax.set_ylabel(f"win rate vs standard CFG {config.reference_scale:g}")
         ax.set_title("Win rate vs λ (cf. paper Fig. 9)")
-        fig.tight_layout()
-        paths.append(folder / "shapes_lambda.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, folder / "shapes_lambda.png"))
 
     rows = gap_rows(runs, config)
     if rows:
@@ -660,10 +654,7 @@ def plot_shapes(runs: list[Run], config: Config, folder: Path) -> list[Path]:
         ax.set_xlabel("γ₂ (inversion scale)")
         ax.set_title(f"Effect of γ₂ at γ₁ = {config.reference_scale:g} (cf. paper Fig. 7)")
         ax.legend()
-        fig.tight_layout()
-        paths.append(folder / "shapes_gap.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, folder / "shapes_gap.png"))
 
     rows = compute_rows(runs, config)
     if rows:
@@ -687,10 +678,7 @@ def plot_shapes(runs: list[Run], config: Config, folder: Path) -> list[Path]:
         ax.set_ylabel("all correct")
         ax.set_title(f"Quality at equal compute, γ₁ = {config.reference_scale:g} (cf. paper Fig. 10)")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(folder / "shapes_compute.png")
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(save_figure(fig, folder / "shapes_compute.png"))
     return paths
 
 
@@ -733,8 +721,4 @@ def sample_grid(config: Config, path: str | Path, seeds: int = 2) -> Path:
                 ax.set_title(f"{spec.count} {spec.colour}\n{spec.position}", fontsize=7)
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     fig.suptitle("Bundled shapes16 model: prompt = '<count> <colour> square(s) <position>'", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path), dpi=100)

@@ -60,7 +60,8 @@ def _as_estimate(value: Any) -> Estimate | None:
 def _identity(item: dict[str, Any]) -> str:
     """A list entry's name: its text fields (method, baseline, relation, …) and whole numbers; entries
     without any are named by their index."""
-    parts = [f"{k}={v}" for k, v in item.items() if isinstance(v, str) or (isinstance(v, int) and v is not True)]
+    named = (str, int)
+    parts = [f"{k}={v}" for k, v in item.items() if isinstance(v, named) and not isinstance(v, bool)]
     return "{" + ", ".join(parts) + "}"
 
 
