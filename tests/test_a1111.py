@@ -72,36 +72,77 @@ Call = namedtuple("Call", "received_scale scale sigma rows")
 
 class StandInCFGDenoiser(nn.Module):
     """Contract stand-in for the webui's ``CFGDenoiser``: A1111's exact ``forward`` signature (no ``**kwargs``:
-    any extra key raises), counts calls in ``step``, carries ``p`` and ``total_steps``, raises
-    ``InterruptedException`` when interrupted. ``forge=True`` adds Forge's behaviour: the hires pass uses
-    ``p.hr_cfg``, scale 1 skips the unconditional pass, and ``uncond=None`` leaves it all zeros."""
+    any extra key raises), counts calls in ``step``, carries ``p``, ``steps`` and ``total_steps``, raises
+    ``InterruptedException`` when interrupted, applies NGMS (``s_min_uncond``: the conditional branch alone on
+    odd call indices below that σ, or on every call with ``s_min_uncond_all``) as A1111 and Forge do.
 
-    def __init__(self, p: StandInP, *, forge: bool = False, interrupt_at: int | None = None) -> None:
+    ``forge=True`` adds Forge's behaviour: the hires pass uses ``p.hr_cfg``, and the branches are evaluated as
+    Forge's ``sampling_function_inner`` does with the UNet patcher's ``model_options``
+    (``inner_model.inner_model.forge_objects.unet.model_options``, read on every call): no unconditional batch
+    at scale 1 (unless ``disable_cfg1_optimization``) or when ``uncond`` is None, then the
+    ``sampler_pre_cfg_function`` list as ``fn(model, cond, uncond, x, timestep, model_options)``, one batch of
+    all remaining rows, a branch without rows predicts zeros, then ``sampler_post_cfg_function``."""
+
+    def __init__(
+        self, p: StandInP, *, forge: bool = False, interrupt_at: int | None = None, s_min_uncond_all: bool = False
+    ) -> None:
         super().__init__()
         from k_diffusion.external import DiscreteEpsDDPMDenoiser
 
         self.inner_model = DiscreteEpsDDPMDenoiser(TinyEps(), sd_alphas_cumprod(), quantize=True)
-        self.p, self.forge, self.interrupt_at = p, forge, interrupt_at
-        self.step, self.total_steps, self.calls = 0, None, []
+        if forge:
+            unet = types.SimpleNamespace(model_options={})
+            self.inner_model.inner_model.forge_objects = types.SimpleNamespace(unet=unet)
+        self.p, self.forge, self.interrupt_at, self.s_min_uncond_all = p, forge, interrupt_at, s_min_uncond_all
+        self.step, self.steps, self.total_steps, self.calls = 0, None, None, []
+
+    @property
+    def model_options(self) -> dict:
+        return self.inner_model.inner_model.forge_objects.unet.model_options
 
     def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
         if self.interrupt_at is not None and self.step == self.interrupt_at:
             self.hr_cfg_at_interrupt = getattr(self.p, "hr_cfg", None)
+            self.model_options_at_interrupt = self.model_options if self.forge else None
             raise InterruptedException
         received = cond_scale
         if self.forge and self.p.is_hr_pass:
             cond_scale = self.p.hr_cfg
-        if self.forge and cond_scale == 1:  # Forge skips the unconditional pass at scale 1
+        ngms = (self.step % 2 or self.s_min_uncond_all) and s_min_uncond > 0 and float(sigma[0]) < s_min_uncond
+        if ngms:
+            cond_scale = 1.0
+        if self.forge:
+            denoised, rows = self._forge_branches(x, sigma, uncond, cond, cond_scale)
+        elif ngms:  # A1111 skips the unconditional rows
             denoised, rows = self.inner_model(x, sigma, cond=cond), len(x)
-        elif uncond is None:  # Forge at CFG 1 has no uncond: its "unconditional" result stays all zeros
-            denoised, rows = self.inner_model(x, sigma, cond=cond) * cond_scale, len(x)
-        else:  # one batch of cond and uncond rows, as A1111 and Forge
+        else:  # one batch of cond and uncond rows, as A1111 (also at scale 1)
             both = self.inner_model(torch.cat([x, x]), torch.cat([sigma, sigma]), cond=torch.cat([cond, uncond]))
             denoised_cond, denoised_uncond = both.chunk(2)
             denoised, rows = denoised_uncond + (denoised_cond - denoised_uncond) * cond_scale, 2 * len(x)
         self.calls.append(Call(received, float(cond_scale), float(sigma.max()), rows))
         self.step += 1
         return denoised
+
+    def _forge_branches(self, x, sigma, uncond, cond, cond_scale):
+        options = self.model_options
+        skip_uncond = cond_scale == 1 and not options.get("disable_cfg1_optimization", False)
+        conds, unconds = [cond], (None if skip_uncond or uncond is None else [uncond])
+        for fn in options.get("sampler_pre_cfg_function", []):
+            _, conds, unconds, x, sigma, options = fn(self, conds, unconds, x, sigma, options)
+        rows = [(c, 0) for c in conds] + [(u, 1) for u in unconds or []]
+        predictions = [torch.zeros_like(x), torch.zeros_like(x)]
+        if rows:
+            batch = len(rows)
+            out = self.inner_model(
+                torch.cat([x] * batch), torch.cat([sigma] * batch), cond=torch.cat([c for c, _ in rows])
+            )
+            for chunk, (_, branch) in zip(out.chunk(batch), rows):
+                predictions[branch] = predictions[branch] + chunk
+        cond_pred, uncond_pred = predictions
+        denoised = uncond_pred + (cond_pred - uncond_pred) * cond_scale
+        for fn in options.get("sampler_post_cfg_function", []):
+            denoised = fn({"denoised": denoised, "cond_denoised": cond_pred, "uncond_denoised": uncond_pred})
+        return denoised, len(rows) * len(x)
 
 
 def settings_opts(**values) -> types.SimpleNamespace:
@@ -127,10 +168,12 @@ def karras(steps: int) -> torch.Tensor:
     return k_diffusion.sampling.get_sigmas_karras(steps, 0.0292, 14.6146)
 
 
-def run(rule: str, model: StandInCFGDenoiser, sigmas: torch.Tensor, args: dict, opts=None, seed: int = 0):
-    """Sample as ``KDiffusionSampler`` does: launch_sampling sets total_steps, then calls the function."""
+def run(rule: str, model: StandInCFGDenoiser, sigmas: torch.Tensor, args: dict, opts=None, seed: int = 0, steps=None):
+    """Sample as ``KDiffusionSampler`` does: launch_sampling sets ``steps`` (requested, default: the schedule's)
+    and ``total_steps``, then calls the function."""
     sampler_data = zw.sampler_data_class(StandInSamplerData, lambda: opts or settings_opts())
-    model.total_steps = sampler_data("n", None, [], {}).total_steps(len(sigmas) - 1)
+    model.steps = len(sigmas) - 1 if steps is None else steps
+    model.total_steps = sampler_data("n", None, [], {}).total_steps(model.steps)
     model.step = 0
     func = zw.make_sampler_function(rule, lambda: opts or settings_opts())
     steps_seen = []
@@ -307,6 +350,148 @@ def test_forge_cfg_1_without_uncond_inverts_at_the_same_scale():
     assert torch.isfinite(out).all()
     assert {c.scale for c in model.calls} == {1.0} and len(model.calls) == model.total_steps == 16
     assert any("guidance gap 0" in text for text in p.comments)
+    assert p.extra_generation_params["Zigzag note"] == "gap 0 (CFG Scale 1)"  # the API's info carries the infotext
+
+
+def test_ddim_schedule_with_an_extra_step_is_noted_as_such():
+    """A1111/Forge's "DDIM" schedule gives 7 steps for 6 requested (1000 not divisible by 6)."""
+    p = StandInP()
+    model = StandInCFGDenoiser(p)
+    run("euler", model, karras(7), extra_args(), steps=6)
+    assert len(model.calls) == model.total_steps == 7 + 2 * 6
+    (note,) = p.comments
+    assert "19 model calls instead of the planned 16 (the schedule has 7 steps for the 6 requested)" in note
+    assert "guidance interval" not in note
+    assert p.extra_generation_params["Zigzag note"] == "19 model calls (planned 16)"
+    quiet = StandInP()
+    run("euler", StandInCFGDenoiser(quiet), karras(6), extra_args(), steps=6)
+    assert quiet.comments == {} and "Zigzag note" not in quiet.extra_generation_params
+
+
+def test_notes_are_told_once_and_markers_accumulate():
+    p = StandInP()
+    zw.notify(p, "first thing", "a")
+    zw.notify(p, "first thing", "a")
+    zw.notify(p, "second thing", "b")
+    assert list(p.comments) == ["Zigzag: first thing", "Zigzag: second thing"]
+    assert p.extra_generation_params == {"Zigzag note": "a; b"}
+
+
+@pytest.mark.parametrize(
+    "hires,refused",
+    [
+        ({"hr_cfg": 3.0}, True),  # the hires pass would run γ₂ = 5 against γ₁ = 3
+        ({"hr_cfg": 3.0, "hr_sampler_name": "Zigzag (DDIM)"}, True),
+        ({"hr_cfg": 3.0, "hr_sampler_name": "zigzag_euler"}, True),
+        ({"hr_cfg": 3.0, "hr_sampler_name": "Euler"}, False),  # the hires pass does not zigzag
+        ({"hr_cfg": 6.0}, False),
+        ({"hr_cfg": 1.0}, False),  # Forge drops the negative prompt: hires inversions at scale 1 (noted there)
+        ({}, False),  # A1111 1.10: no hr_cfg, the hires pass uses the CFG Scale (checked now)
+        ({"hr_cfg": 3.0, "enable_hr": False}, False),
+    ],
+)
+def test_hires_cfg_scale_is_checked_before_the_first_pass(hires, refused):
+    p = StandInP(**{"enable_hr": True, "sampler_name": "Zigzag Euler", "hr_sampler_name": None, **hires})
+    model = StandInCFGDenoiser(p, forge="hr_cfg" in hires)
+    opts = settings_opts(zigzag_inversion_scale=5.0)
+    if refused:
+        with pytest.raises(ValueError, match=r"γ₂ = 5 must not exceed the Hires CFG Scale γ₁ = 3 of the hires pass"):
+            run("euler", model, karras(6), extra_args(scale=7.0), opts)
+        assert model.calls == [] and p.extra_generation_params == {}
+    else:
+        run("euler", model, karras(6), extra_args(scale=7.0), opts)
+        assert len(model.calls) == 16
+
+
+@pytest.mark.parametrize("s_min_uncond_all", [False, True])
+def test_ngms_is_kept_out_of_the_inversion_calls(s_min_uncond_all):
+    model = StandInCFGDenoiser(StandInP(), s_min_uncond_all=s_min_uncond_all)
+    args = {**extra_args(scale=6.0), "s_min_uncond": 100.0}  # NGMS below σ = 100: every call
+    run("euler", model, karras(6), args)
+    inversions = [c for c in model.calls if c.received_scale == 0.0]
+    denoising = [c for c in model.calls if c.received_scale == 6.0]
+    assert len(inversions) == 5 and {c.scale for c in inversions} == {0.0}  # γ₂ = 0 on every inversion
+    ngms = [i % 2 == 1 or s_min_uncond_all for i, c in enumerate(model.calls) if c.received_scale == 6.0]
+    assert [c.scale for c in denoising] == [1.0 if hit else 6.0 for hit in ngms]  # the webui's NGMS, untouched
+    assert args["s_min_uncond"] == 100.0
+
+
+def rows_per_image(model: StandInCFGDenoiser, batch: int) -> int:
+    return sum(c.rows for c in model.calls) // batch
+
+
+@pytest.mark.parametrize("rule", ["euler", "ddim"])
+def test_forge_inversion_at_scale_0_is_one_branch_and_the_same_result(rule):
+    """Forge evaluates an inversion at γ₂ = 0 as the unconditional batch alone; the result is today's (both
+    branches, forced by a CFG hook in model_options) to float rounding: ``u + (0 − u)·0`` is ``u`` exactly, but
+    the network's matrix products round differently in a batch of 2 rows than in one of 4."""
+    sigmas, batch = karras(8), 2
+    one_branch = StandInCFGDenoiser(StandInP(), forge=True)
+    both = StandInCFGDenoiser(StandInP(), forge=True)
+    identity = lambda args: args["denoised"]  # noqa: E731  (a post-CFG hook: Forge extensions such as SAG)
+    both.inner_model.inner_model.forge_objects.unet.model_options = hook_options = {
+        "sampler_post_cfg_function": [identity]
+    }
+    fast, _, _ = run(rule, one_branch, sigmas, extra_args(batch=batch))
+    slow, _, _ = run(rule, both, sigmas, extra_args(batch=batch))
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(
+        fast,
+        run(
+            rule,
+            StandInCFGDenoiser(StandInP(), forge=True),
+            sigmas,
+            extra_args(batch=batch),
+            settings_opts(zigzag_inversion_scale=1.0),
+        )[0],
+    )
+    assert [c.rows for c in one_branch.calls][:4] == [4, 2, 4, 4]  # denoise, inversion (uncond rows only), ...
+    assert [c.rows for c in both.calls][:4] == [4, 4, 4, 4]
+    assert rows_per_image(one_branch, batch) == 2 * 8 + 3 * 7 and rows_per_image(both, batch) == 2 * 8 + 4 * 7
+    assert one_branch.model_options == {}
+    assert both.inner_model.inner_model.forge_objects.unet.model_options is hook_options
+
+
+def test_forge_one_branch_keeps_out_of_cfg_hooks_and_scale_1_paths():
+    def options_with(**entries):
+        model = StandInCFGDenoiser(StandInP(), forge=True)
+        model.inner_model.inner_model.forge_objects.unet.model_options = dict(entries)
+        return model
+
+    for key in zw.FORGE_CFG_HOOKS:
+        with zw.unconditional_branch_only(options_with(**{key: [object()]})) as installed:
+            assert not installed
+    with zw.unconditional_branch_only(options_with(disable_cfg1_optimization=True)) as installed:
+        assert not installed
+    with zw.unconditional_branch_only(StandInCFGDenoiser(StandInP())) as installed:  # A1111: no forge_objects
+        assert not installed
+    # at scale 1 (NGMS, skip early CFG) Forge has already dropped the uncond: the hook leaves the cond
+    cond, uncond = [object()], [object()]
+    assert zw.skip_conditional_branch("m", cond, None, "x", "t", {})[1] is cond
+    assert zw.skip_conditional_branch("m", cond, uncond, "x", "t", {})[1:3] == ([], uncond)
+    # reForge / Forge Classic call pre-CFG functions ComfyUI-style, after the branches ran: nothing changes
+    out = [object(), object()]
+    assert zw.skip_conditional_branch({"conds_out": out, "cond_scale": 0.0}) is out
+
+
+def test_forge_hires_pass_at_scale_0_is_one_branch():
+    p = StandInP(is_hr_pass=True, hr_cfg=4.0)
+    model = StandInCFGDenoiser(p, forge=True)
+    run("euler", model, karras(6), extra_args(scale=7.0))
+    assert [(c.scale, c.rows) for c in model.calls][:3] == [(4.0, 4), (0.0, 2), (4.0, 4)]
+    assert p.hr_cfg == 4.0 and model.model_options == {}
+
+
+@pytest.mark.parametrize("forge", [False, True])
+def test_rows_per_image_at_the_defaults(forge):
+    """T = 50, λ = 49, T_max = 1: 2T + 4λ = 296 rows per image on A1111 at γ₂ = 0 (no per-call branch switch),
+    2T + 3λ = 247 on Forge at γ₂ = 0 and 1; A1111 runs both branches also at γ₂ = 1."""
+    rows = {}
+    for inversion_scale in (0.0, 1.0):
+        model = StandInCFGDenoiser(StandInP(), forge=forge)
+        run("euler", model, karras(50), extra_args(batch=1), settings_opts(zigzag_inversion_scale=inversion_scale))
+        rows[inversion_scale] = rows_per_image(model, 1)
+    assert rows == ({0.0: 247, 1.0: 247} if forge else {0.0: 296, 1.0: 296})
 
 
 def test_guidance_interval_scales_and_exact_call_count():
@@ -320,7 +505,9 @@ def test_guidance_interval_scales_and_exact_call_count():
     for call in model.calls:
         inside = 0.5 <= call.sigma <= 6.0
         assert call.scale == (7.0 if inside else 1.0) or call.received_scale == 0.0
-    assert any("planned 28" in text for text in p.comments)
+    (note,) = p.comments
+    assert f"{exact} model calls instead of the planned 28 (only steps inside the guidance interval zigzag)" in note
+    assert p.extra_generation_params["Zigzag note"] == f"{exact} model calls (planned 28)"
     assert p.extra_generation_params["Zigzag guidance sigma low"] == 0.5
 
 
@@ -333,6 +520,8 @@ def test_interrupt_propagates_and_nothing_stays_changed():
         run("euler", model, karras(6), args)
     assert model.hr_cfg_at_interrupt == 0.0  # interrupted inside the inversion call, with hr_cfg set to γ₂ ...
     assert p.hr_cfg == 4.0 and len(model.calls) == 4  # ... and restored
+    assert model.model_options_at_interrupt["sampler_pre_cfg_function"] == [zw.skip_conditional_branch]
+    assert model.model_options == {}  # the one-branch hook is gone with the interrupted call
     assert args.keys() == snapshot.keys() and all(args[k] is snapshot[k] for k in args)
 
 
@@ -507,6 +696,9 @@ def test_glue_script_against_standin_webui_modules(monkeypatch):
     script = _load_script(EXTENSION_DIR / "scripts" / "zigzag.py")
     assert script.REGISTERED == ["Zigzag Euler", "Zigzag (DDIM)"] and "Zigzag (DDIM)" in registry.all_samplers_map
     assert set(callbacks) == {"ui_settings", "before_ui", "infotext_pasted"}
+    # the X/Y/Z axes exist at import: in API-only mode the X/Y/Z UI copies them before before_ui runs
+    axis_labels = [axis[0] for axis in zw.XYZ_AXES]
+    assert [a.label for a in xyz.axis_options] == axis_labels
 
     callbacks["ui_settings"]()
     labels = opts.data_labels
@@ -517,11 +709,57 @@ def test_glue_script_against_standin_webui_modules(monkeypatch):
     assert labels["zigzag_ddim_inversion_update"].component == "Radio"
     assert "both CFG branches" in labels["zigzag_host_notes"].default
 
-    callbacks["before_ui"]()
-    assert [a.label for a in xyz.axis_options] == [axis[0] for axis in zw.XYZ_AXES]
+    callbacks["before_ui"]()  # web UI mode: before_ui runs before the UI is built; nothing is added twice
+    assert [a.label for a in xyz.axis_options] == axis_labels
     params = {"Sampler": "Zigzag (DDIM)"}
     callbacks["infotext_pasted"]("", params)
     assert params["Zigzag rounds"] == "1"
+
+    # Reload UI: the webui clears scripts_data and callbacks and imports every script again, X/Y/Z first
+    reloaded = types.SimpleNamespace(AxisOption=StandInAxisOption, axis_options=[StandInAxisOption("Seed", int, None)])
+    fake["scripts"].scripts_data[:] = [script_data(type("XYZ", (), {"__module__": "xyz_grid.py"}), "", "", reloaded)]
+    callbacks.clear()
+    _load_script(EXTENSION_DIR / "scripts" / "zigzag.py")
+    callbacks["before_ui"]()
+    assert [a.label for a in reloaded.axis_options] == ["Seed", *axis_labels]
+    assert [a.label for a in xyz.axis_options] == axis_labels  # the old module is left as it was
+
+
+INSTALL_RUNNER = """
+import importlib.util, runpy, sys, types
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *args: None if name == "zigzag_kdiff" else find_spec(name, *args)
+launch = types.ModuleType("launch")  # the webui's pip runner raises with pip's whole output
+
+def run_pip(command, desc):
+    raise RuntimeError(
+        f"Couldn't install {desc}.\\nCommand: pip {command}\\nError code: 1\\nstdout: Obtaining file:///x\\n"
+        "  Installing build dependencies: started\\nstderr: ERROR: Could not find a version that satisfies the "
+        "requirement setuptools>=61\\nERROR: No matching distribution found for setuptools>=61\\n"
+    )
+
+launch.run_pip = run_pip
+sys.modules["launch"] = launch
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+
+def test_install_script_offline_prints_one_line():
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", INSTALL_RUNNER, str(EXTENSION_DIR / "install.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stderr == ""
+    (line,) = result.stdout.splitlines()
+    root = EXTENSION_DIR.parents[1]
+    assert line == (
+        f"[Zigzag] pip could not install {root} (ERROR: No matching distribution found for setuptools>=61); "
+        "the extension imports zigzag_kdiff from the checkout"
+    )
 
 
 def _load_script(path: Path) -> types.ModuleType:

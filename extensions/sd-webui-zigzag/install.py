@@ -2,7 +2,9 @@
 
 Makes ``zigzag_kdiff`` importable in the webui's Python: if it is missing, or installed from
 somewhere other than the checkout this extension lives in, install that checkout in editable mode
-with ``--no-deps`` (torch and tqdm are the webui's own; nothing of the webui is upgraded).
+with ``--no-deps`` (torch and tqdm are the webui's own; nothing of the webui is upgraded). When pip
+fails (offline, no build backend) it prints one line: ``scripts/zigzag.py`` then imports the library
+from the checkout.
 """
 
 import importlib.util
@@ -17,12 +19,22 @@ from zigzag_checkout import find_checkout_root, is_inside  # noqa: E402
 
 
 def pip_install(args: list, desc: str) -> None:
+    """Run pip in the webui's Python; raises with pip's output when it fails."""
     try:
         import launch  # the webui's own pip runner (honours --skip-install and the index URL)
     except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+        result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"pip exited with code {result.returncode}\n{result.stdout}\n{result.stderr}")
     else:
         launch.run_pip(" ".join(f'"{a}"' if " " in a else a for a in args), desc)
+
+
+def pip_failure_reason(error: BaseException) -> str:
+    """One line out of pip's output: its last ``ERROR:`` line, else the error's last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    return (errors or lines or [type(error).__name__])[-1]
 
 
 def main() -> None:
@@ -37,7 +49,11 @@ def main() -> None:
             "'pip install --no-deps <checkout>' in the webui's Python."
         )
         return
-    pip_install(["install", "--no-deps", "-e", root], f"zigzag-kdiff from {root}")
+    try:
+        pip_install(["install", "--no-deps", "-e", root], f"zigzag-kdiff from {root}")
+    except Exception as error:  # e.g. offline: pip cannot fetch the build backend; the script's fallback works
+        fallback = "imports zigzag_kdiff from the checkout" if spec is None else f"uses the one at {spec.origin}"
+        print(f"[Zigzag] pip could not install {root} ({pip_failure_reason(error)}); the extension {fallback}")
 
 
 main()

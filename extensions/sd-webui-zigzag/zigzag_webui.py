@@ -18,13 +18,21 @@ Host behaviour this module relies on (read in A1111 1.10.1, Forge, reForge, Forg
   hires pass; A1111 1.10 and old Forge Classic have no ``hr_cfg``.
 * Forge and Neo pass ``uncond=None`` when the CFG scale is 1 (and in the hires pass when
   ``hr_cfg`` is 1); a call at another scale would then mix in an all-zero "unconditional" result.
+* Forge's denoiser reads ``inner_model.inner_model.forge_objects.unet.model_options`` on every call
+  and runs its ``sampler_pre_cfg_function`` list as ``fn(model, cond, uncond, x, timestep,
+  model_options)`` after dropping ``uncond`` at scale 1, before evaluating the branches
+  (``backend/sampling/sampling_function.py``); an empty ``cond`` list evaluates the unconditional
+  branch alone and leaves the conditional prediction all zeros.
+* With "Negative Guidance minimum sigma" (``s_min_uncond`` > 0) A1111 and Forge skip the
+  unconditional branch on odd call indices below that σ (NGMS).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,18 +266,83 @@ def reads_hires_cfg(p: Any) -> bool:
     return p is not None and bool(getattr(p, "is_hr_pass", False)) and hasattr(p, "hr_cfg")
 
 
-def call_host_at_scale(host_model: Any, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, scale: float):
-    """One call of the host's ``CFGDenoiser`` at CFG ``scale``: ``cond_scale`` replaced in a *copy* of
-    ``extra_args``; in a Forge-family hires pass ``p.hr_cfg`` is set for this call and restored."""
-    p = getattr(host_model, "p", None)
-    if not reads_hires_cfg(p):
-        return host_model(x, sigma, **{**extra_args, "cond_scale": scale})
+FORGE_CFG_HOOKS = (
+    "sampler_cfg_function",
+    "sampler_pre_cfg_function",
+    "sampler_post_cfg_function",
+    "conditioning_modifiers",
+)
+"""Forge ``model_options`` entries that see the branches or the scale (dynamic thresholding, SAG, reference
+and inpaint ControlNets, ...): while one is set, a call at scale 0 evaluates both branches as before."""
+
+
+def forge_unet(host_model: Any) -> Any | None:
+    """Forge's UNet patcher behind the host's ``CFGDenoiser`` (``inner_model.inner_model.forge_objects.unet``,
+    read by Forge's ``sampling_function`` on every call), or ``None`` where there is none (A1111)."""
+    try:
+        unet = host_model.inner_model.inner_model.forge_objects.unet
+    except Exception:  # A1111's denoiser has no forge_objects; any failure means: not Forge
+        return None
+    return unet if isinstance(getattr(unet, "model_options", None), dict) else None
+
+
+def skip_conditional_branch(*args: Any) -> Any:
+    """Forge ``sampler_pre_cfg_function``: with the unconditional batch present (scale ≠ 1), evaluate it alone.
+
+    At scale 0 the CFG result ``u + (c − u)·0`` is ``u`` for any ``c``, so the conditional batch is
+    not needed (Forge leaves ``c`` all zeros); the unconditional rows keep their own label, image
+    conditioning and ControlNet. Called ComfyUI-style (one ``args`` dict after the branches ran,
+    as reForge and Forge Classic do) it changes nothing.
+    """
+    if len(args) != 6:
+        return args[0]["conds_out"]
+    model, cond, uncond, x, timestep, model_options = args
+    return model, ([] if uncond is not None else cond), uncond, x, timestep, model_options
+
+
+@contextlib.contextmanager
+def unconditional_branch_only(host_model: Any) -> Iterator[bool]:
+    """For one call at scale 0: Forge evaluates the unconditional branch alone (one batch of rows, not two).
+
+    Installs :func:`skip_conditional_branch` in a copy of the UNet patcher's ``model_options`` and puts
+    the original dict back afterwards, also on errors and interrupts. Yields whether it did: not on
+    hosts without Forge's patcher, nor while a :data:`FORGE_CFG_HOOKS` entry or
+    ``disable_cfg1_optimization`` is set (then the call evaluates both branches, as before).
+    """
+    unet = forge_unet(host_model)
+    options = None if unet is None else unet.model_options
+    if options is None or options.get("disable_cfg1_optimization") or any(options.get(k) for k in FORGE_CFG_HOOKS):
+        yield False
+        return
+    unet.model_options = {**options, "sampler_pre_cfg_function": [skip_conditional_branch]}
+    try:
+        yield True
+    finally:
+        unet.model_options = options
+
+
+@contextlib.contextmanager
+def hires_cfg(p: Any, scale: float) -> Iterator[None]:
+    """Set ``p.hr_cfg = scale`` for one call of a Forge-family hires pass; restored afterwards."""
     saved = p.hr_cfg
     p.hr_cfg = scale
     try:
-        return host_model(x, sigma, **{**extra_args, "cond_scale": scale})
+        yield
     finally:
         p.hr_cfg = saved
+
+
+def call_host_at_scale(host_model: Any, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, scale: float):
+    """One call of the host's ``CFGDenoiser`` at CFG ``scale``: ``cond_scale`` replaced in a *copy* of
+    ``extra_args``; in a Forge-family hires pass ``p.hr_cfg`` is set for this call and restored; at
+    scale 0 Forge evaluates the unconditional branch alone (:func:`unconditional_branch_only`)."""
+    p = getattr(host_model, "p", None)
+    with contextlib.ExitStack() as stack:
+        if scale == 0:
+            stack.enter_context(unconditional_branch_only(host_model))
+        if reads_hires_cfg(p):
+            stack.enter_context(hires_cfg(p, scale))
+        return host_model(x, sigma, **{**extra_args, "cond_scale": scale})
 
 
 class HostGuidedModel:
@@ -291,6 +364,10 @@ class HostGuidedModel:
         return call_host_at_scale(self.host_model, x, sigma, extra_args, scale)
 
     def call_at_scale(self, model: Any, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, scale: float):
+        """An inversion call at γ₂. NGMS is kept out of it (``s_min_uncond`` 0 for this call): the webui
+        would otherwise run some inversions on the conditional branch alone, i.e. at scale 1."""
+        if extra_args.get("s_min_uncond"):
+            extra_args = {**extra_args, "s_min_uncond": 0.0}
         return call_host_at_scale(self.host_model, x, sigma, extra_args, scale)
 
 
@@ -303,8 +380,18 @@ def is_flow_schedule(host_model: Any) -> bool:
     return isinstance(sigmas, torch.Tensor) and sigmas.numel() > 0 and float(sigmas.max()) <= 1.0 + 1e-6
 
 
-def notify(p: Any, message: str) -> None:
-    """Tell the user once per generation: a comment under the image (``p.comment``) and the log."""
+NOTE_INFOTEXT = "Zigzag note"
+"""Infotext key of the notes' short markers (the HTTP API's ``info`` carries the infotext, not the comments)."""
+
+
+def notify(p: Any, message: str, marker: str) -> None:
+    """Tell the user once per generation: a comment under the image (``p.comment``), the log, and a
+    short stable ``marker`` in the infotext (``Zigzag note: <marker>; <marker>``)."""
+    params = getattr(p, "extra_generation_params", None)
+    if isinstance(params, dict):
+        markers = [m for m in str(params.get(NOTE_INFOTEXT) or "").split("; ") if m]
+        if marker not in markers:
+            params[NOTE_INFOTEXT] = "; ".join([*markers, marker])
     text = f"Zigzag: {message}"
     comments = getattr(p, "comments", None)
     if isinstance(comments, dict) and text in comments:
@@ -312,6 +399,35 @@ def notify(p: Any, message: str) -> None:
     logger.warning(text)
     if hasattr(p, "comment"):
         p.comment(text)
+
+
+def our_sampler_labels() -> set[str]:
+    """Every dropdown name and alias of the zigzag entries."""
+    return {*SAMPLER_NAMES.values(), *(alias for aliases in SAMPLER_ALIASES.values() for alias in aliases)}
+
+
+def check_hires_scale(p: Any, settings: ZigzagSettings) -> None:
+    """In the first pass, before any model call: refuse γ₂ above the Hires CFG Scale of a coming hires pass.
+
+    Only hosts with ``p.hr_cfg`` (Forge family) give the hires pass its own scale (A1111 uses the CFG
+    Scale, checked with the first pass); at Hires CFG Scale 1 Forge drops the negative prompt and the
+    hires inversions run at scale 1 (noted then). The hires sampler is ``hr_sampler_name`` or the
+    first pass's sampler.
+    """
+    if p is None or not getattr(p, "enable_hr", False) or not hasattr(p, "hr_cfg") or reads_hires_cfg(p):
+        return
+    hires_sampler = getattr(p, "hr_sampler_name", None)
+    if not hires_sampler or hires_sampler == "Use same sampler":
+        hires_sampler = getattr(p, "sampler_name", None)
+    if hires_sampler not in our_sampler_labels() or settings.rounds == 0 or settings.steps_fraction == 0:
+        return
+    hires_scale = float(p.hr_cfg)
+    if hires_scale != 1 and settings.inversion_scale > hires_scale:
+        raise ValueError(
+            f"Zigzag inversion scale γ₂ = {settings.inversion_scale:g} must not exceed the Hires CFG Scale "
+            f"γ₁ = {hires_scale:g} of the hires pass (a negative guidance gap breaks generation); lower setting "
+            "zigzag_inversion_scale or raise the Hires CFG Scale"
+        )
 
 
 def sample_in_host(
@@ -327,24 +443,17 @@ def sample_in_host(
     """Run the ``rule`` zigzag sampler of :mod:`zigzag_kdiff` on the host's ``CFGDenoiser``."""
     extra_args = {} if extra_args is None else extra_args
     p = getattr(model, "p", None)
-    hires_cfg = reads_hires_cfg(p)
-    cond_scale = float(p.hr_cfg if hires_cfg else extra_args.get("cond_scale", 1.0))
-    scale_label = "Hires CFG Scale" if hires_cfg else "CFG Scale"
+    hires_cfg_pass = reads_hires_cfg(p)
+    cond_scale = float(p.hr_cfg if hires_cfg_pass else extra_args.get("cond_scale", 1.0))
+    scale_label = "Hires CFG Scale" if hires_cfg_pass else "CFG Scale"
     steps = len(sigmas) - 1
     zigzag_steps = zigzag_steps_for(steps, settings.steps_fraction)
     interval = settings.guidance_interval
     calls = count_model_calls(sigmas, zigzag_steps, settings.rounds, interval)  # also validates the sigmas
     zigzags = calls > steps
     inversion_scale = settings.inversion_scale
-    if zigzags and "uncond" in extra_args and extra_args["uncond"] is None:
-        # Forge/Neo at CFG 1: there is no unconditional prediction to invert with.
-        inversion_scale = cond_scale
-        notify(
-            p,
-            f"{scale_label} {cond_scale:g} runs without a negative prompt, so the inversion uses the same "
-            "scale: guidance gap 0, zigzag cannot strengthen the prompt (raise the CFG scale)",
-        )
-    elif zigzags and inversion_scale > cond_scale:
+    no_uncond = zigzags and "uncond" in extra_args and extra_args["uncond"] is None
+    if zigzags and not no_uncond and inversion_scale > cond_scale:
         raise ValueError(
             f"Zigzag inversion scale γ₂ = {inversion_scale:g} must not exceed the {scale_label} γ₁ = {cond_scale:g} "
             "(a negative guidance gap breaks generation); lower setting zigzag_inversion_scale or raise the "
@@ -355,15 +464,32 @@ def sample_in_host(
             f"{SAMPLER_NAMES['ddim']} assumes a variance-preserving (ε or v) model; this model's noise levels "
             f"stay in [0, 1] (rectified flow): use {SAMPLER_NAMES['euler']}"
         )
+    check_hires_scale(p, settings)
 
-    planned = getattr(model, "total_steps", None)
-    if isinstance(planned, int) and planned != calls:
-        # only with a guidance interval: the plan depends on the sigmas, unknown to total_steps(steps)
-        model.total_steps = calls
+    if no_uncond:
+        # Forge/Neo at CFG 1: there is no unconditional prediction to invert with.
+        inversion_scale = cond_scale
         notify(
             p,
-            f"guidance interval: {calls} model calls instead of the planned {planned}; prompt editing stays "
-            "scheduled on the planned count",
+            f"{scale_label} {cond_scale:g} runs without a negative prompt, so the inversion uses the same "
+            "scale: guidance gap 0, zigzag cannot strengthen the prompt (raise the CFG scale)",
+            f"gap 0 ({scale_label} {cond_scale:g})",
+        )
+    planned = getattr(model, "total_steps", None)
+    if isinstance(planned, int) and planned != calls:
+        # total_steps(steps) knows neither the sigmas (guidance interval) nor the schedule's own step count
+        model.total_steps = calls
+        requested = getattr(model, "steps", None)
+        reasons = []
+        if isinstance(requested, int) and requested != steps:
+            reasons.append(f"the schedule has {steps} steps for the {requested} requested")
+        if interval is not None and calls != count_model_calls(sigmas, zigzag_steps, settings.rounds):
+            reasons.append("only steps inside the guidance interval zigzag")
+        notify(
+            p,
+            f"{calls} model calls instead of the planned {planned} ({'; '.join(reasons) or f'{steps} steps'}); "
+            "prompt editing stays scheduled on the planned count",
+            f"{calls} model calls (planned {planned})",
         )
     if p is not None and isinstance(getattr(p, "extra_generation_params", None), dict):
         p.extra_generation_params.update(infotext_params(settings))

@@ -79,10 +79,21 @@ def on_ui_settings():
     shared.opts.add_option("zigzag_host_notes", notes)
 
 
-def on_before_ui():
+def add_xyz_axes():
     xyz = zw.find_xyz_module(scripts.scripts_data)
     if xyz is not None:
         zw.add_xyz_axes(xyz)
+
+
+# Now, while the webui loads the scripts: the X/Y/Z script (a built-in script, loaded before extensions; again
+# on Reload UI) copies its axis list when its UI is built, which in API-only mode (--nowebui) happens before
+# the before_ui callbacks run. Adding replaces by label, so the before_ui call below (for an X/Y/Z module loaded
+# after this script) never duplicates an axis.
+add_xyz_axes()
+
+
+def on_before_ui():
+    add_xyz_axes()
 
 
 def on_infotext_pasted(infotext, params):
