@@ -631,7 +631,7 @@ def test_xyz_axes_contract():
 
 def test_host_notes_and_checkout_discovery(tmp_path):
     assert "both CFG branches" in zw.host_notes(False)[0]
-    assert "skip the unconditional pass" in zw.host_notes(True)[0]
+    assert "skip the unconditional pass" in zw.host_notes(True)[0] and "γ₂ = 0 skip" in zw.host_notes(True)[0]
     assert "Zigzag Euler and Zigzag (DDIM)" in zw.host_notes(True, hide_samplers_invert=True)[1]
     root = checkout.find_checkout_root(str(EXTENSION_DIR))
     assert root == str(EXTENSION_DIR.parents[1]) and checkout.is_inside(zigzag_kdiff.__file__, root)

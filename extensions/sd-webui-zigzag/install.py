@@ -23,11 +23,13 @@ def pip_install(args: list, desc: str) -> None:
     try:
         import launch  # the webui's own pip runner (honours --skip-install and the index URL)
     except ImportError:
-        result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"pip exited with code {result.returncode}\n{result.stdout}\n{result.stderr}")
-    else:
+        launch = None
+    if launch is not None:
         launch.run_pip(" ".join(f'"{a}"' if " " in a else a for a in args), desc)
+        return
+    result = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"pip exited with code {result.returncode}\n{result.stdout}\n{result.stderr}")
 
 
 def pip_failure_reason(error: BaseException) -> str:

@@ -651,14 +651,16 @@ def host_notes(forge_family: bool, hide_samplers_invert: bool = False) -> list[s
     """What differs on this host (shown in the settings section and logged at start)."""
     if forge_family:
         notes = [
-            "Forge family: inversions at γ₂ = 1 skip the unconditional pass (one branch); at γ₂ = 0 both "
-            "branches run. In the hires pass γ₁ is the Hires CFG Scale. At CFG Scale 1 there is no negative "
-            "prompt: the inversion then runs at the CFG scale (no guidance gap, no effect).",
+            "Forge family: inversions at γ₂ = 1 skip the unconditional pass; on Forge inversions at γ₂ = 0 skip "
+            "the conditional pass (one branch each) unless a CFG hook (dynamic thresholding, SAG, ...) is active. "
+            "In the hires pass γ₁ is the Hires CFG Scale. At CFG Scale 1 there is no negative prompt: the "
+            "inversion then runs at the CFG scale (no guidance gap, no effect).",
         ]
     else:
         notes = [
             "AUTOMATIC1111: every model call evaluates both CFG branches (the webui has no per-call switch to "
-            "skip one), so an inversion costs as much as a denoising call.",
+            "skip one), so an inversion costs as much as a denoising call. NGMS (negative guidance minimum "
+            "sigma) applies to the denoising calls only.",
         ]
     if hide_samplers_invert:
         notes.append(
