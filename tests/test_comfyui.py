@@ -1,9 +1,10 @@
 """The ComfyUI node pack against a real ComfyUI core (0.3.75) on CPU with a tiny SD1.5-architecture UNet.
 
 Pass counts are ComfyUI's own batch bookkeeping (``cond_or_uncond`` of ``model_function_wrapper``),
-per sampling step (steps end at progress-bar updates). Cost per zigzag step with T_max = 1: three
-UNet calls; conditional rows 3, unconditional rows 3 at γ₂ ≠ 1 and 2 at γ₂ = 1 (ComfyUI skips the
-uncond batch at scale 1); a plain step costs 1 + 1.
+per sampling step (steps end at the sampler's per-step callback). Cost per zigzag step with T_max = 1:
+three UNet calls; conditional + unconditional rows 2 + 3 at γ₂ = 0 (the pack leaves the positive batch
+out of a call at scale 0), 3 + 2 at γ₂ = 1 (ComfyUI skips the uncond batch at scale 1), 3 + 3 at other
+γ₂; a plain step costs 1 + 1.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ ZIGZAG_DEFAULTS = dict(
     sigma_low=0.28,
     sigma_high=5.42,
 )
-ZIGZAG_STEP, LAST_STEP = (3, 3), (1, 1)  # (cond rows, uncond rows) per image at γ₂ = 0
+ZIGZAG_STEP, LAST_STEP = (2, 3), (1, 1)  # (cond rows, uncond rows) per image at γ₂ = 0
 INTERVAL_SIGMAS = [14.0, 10.0, 7.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.0]
 INTERVAL = (1.5, 8.0)
 # zigzag only on steps wholly inside [1.5, 8]; CFG (an uncond row) only where σ_i is inside
-INTERVAL_ROWS = [(1, 0), (1, 0), (3, 3), (3, 3), (3, 3), (1, 1), (1, 0), (1, 0)]
+INTERVAL_ROWS = [(1, 0), (1, 0), ZIGZAG_STEP, ZIGZAG_STEP, ZIGZAG_STEP, (1, 1), (1, 0), (1, 0)]
 
 
 @pytest.fixture(scope="session")
@@ -148,8 +149,9 @@ def test_ksampler_dropdown_shape_determinism_passes_and_previews(comfyui, counte
     samples = ksampler(comfyui, name, image=latent(batch=2))
     assert samples.shape == (2, 4, 8, 8) and torch.isfinite(samples).all()
     # defaults γ₂ = 0, λ = steps − 1, T_max = 1; batch 2 doubles every row count
-    assert counter.per_step() == [(6, 6)] * (STEPS - 1) + [(2, 2)]
-    assert counter.progress == [(i, STEPS, True) for i in range(1, STEPS + 1)]  # one update + preview per step
+    assert counter.per_step() == [(4, 6)] * (STEPS - 1) + [(2, 2)]
+    assert counter.steps == list(range(STEPS))  # the sampler's callback, once per step
+    assert counter.progress == [(i, STEPS, True) for i in range(1, STEPS + 1)]  # previews are never throttled
     assert torch.equal(samples, ksampler(comfyui, name, image=latent(batch=2)))
     assert not torch.allclose(samples, ksampler(comfyui, "euler", image=latent(batch=2)))
 
@@ -162,8 +164,8 @@ def test_ksampler_dropdown_shape_determinism_passes_and_previews(comfyui, counte
     [
         ({}, [ZIGZAG_STEP] * 5 + [LAST_STEP]),
         ({"inversion_scale": 1.0}, [(3, 2)] * 5 + [LAST_STEP]),  # ComfyUI skips the uncond batch at scale 1
-        ({"inversion_scale": 2.5}, [ZIGZAG_STEP] * 5 + [LAST_STEP]),
-        ({"zigzag_rounds": 2}, [(5, 5)] * 5 + [LAST_STEP]),
+        ({"inversion_scale": 2.5}, [(3, 3)] * 5 + [LAST_STEP]),
+        ({"zigzag_rounds": 2}, [(3, 5)] * 5 + [LAST_STEP]),
         ({"zigzag_steps": 0.5}, [ZIGZAG_STEP] * 3 + [LAST_STEP] * 3),  # round(0.5 · 6) = 3
         ({"zigzag_steps": 2.0, "zigzag_steps_unit": "steps"}, [ZIGZAG_STEP] * 2 + [LAST_STEP] * 4),
         ({"rule": "ddim_released", "inversion_scale": 1.0}, [(3, 2)] * 5 + [LAST_STEP]),
@@ -173,7 +175,9 @@ def test_zigzag_sampler_passes_per_step(comfyui, counter, options, rows):
     samples = sampler_custom(comfyui, zigzag_sampler(comfyui, **options), schedule(comfyui))
     assert torch.isfinite(samples).all()
     assert counter.per_step() == rows
-    assert [value for value, _, _ in counter.progress] == list(range(1, STEPS + 1))
+    assert counter.steps == list(range(STEPS))
+    values = [value for value, _, _ in counter.progress]  # ComfyUI >= 0.9 drops fast updates, never the last
+    assert values[-1] == STEPS and values == sorted(set(values))
 
 
 @pytest.mark.parametrize("rule", ["euler", "ddim"])
@@ -236,6 +240,78 @@ def test_flow_model_zigzags_with_euler_and_refuses_the_ddim_rule(comfyui, counte
     assert counter.calls == 0
 
 
+# --- one branch per inversion at γ₂ = 0 ---------------------------------------------------------------
+
+
+def with_cfg_hook(model):
+    """A clone with a post-CFG function that changes nothing: ComfyUI then evaluates both batches at scale 0."""
+    hooked = model.clone()
+    hooked.set_model_sampler_post_cfg_function(lambda args: args["denoised"])
+    return hooked
+
+
+def masked_negative(comfyui):
+    """The negative prompt applied to the left half only (ConditioningSetMask), plus the plain negative."""
+    mask = torch.zeros(1, 64, 64)
+    mask[:, :, :32] = 1.0
+    left = comfyui.node["ConditioningSetMask"]().append(NEG, mask, "default", 1.0)[0]
+    return left + conditioning(-0.2, seed=5)
+
+
+@pytest.mark.parametrize("case", ["txt2img", "ddim_batch", "inpainting", "masked_negative", "img2img"])
+def test_inversion_at_scale_0_is_one_branch_with_todays_result(comfyui, counter, case):
+    """At γ₂ = 0 ComfyUI's result is the unconditional prediction alone; leaving the positive batch out gives
+    today's result (both batches, forced here by a CFG hook) to float rounding, and 5 rows per zigzag step not 6."""
+    rule, image, negative, sigmas = "euler", latent(), NEG, schedule(comfyui)
+    if case == "ddim_batch":
+        rule, image = "ddim", latent(batch=2, seed=6)
+    elif case == "inpainting":
+        mask = torch.zeros(1, 8, 8)
+        mask[:, :, :4] = 1.0
+        image = latent(seed=4, noise_mask=mask)
+    elif case == "masked_negative":
+        negative = masked_negative(comfyui)
+    elif case == "img2img":
+        image, sigmas = latent(seed=3), schedule(comfyui, denoise=0.5)
+    batch = image["samples"].shape[0]
+    sampler = zigzag_sampler(comfyui, rule=rule)
+
+    def run(model):
+        guider = comfyui.node["CFGGuider"].execute(model, POS, negative, CFG)[0]
+        return sampler_custom_advanced(comfyui, guider, sampler, sigmas, image=image)
+
+    one_branch = run(comfyui.model)
+    rows, chunks = counter.per_step(), list(counter.chunks)
+    both = run(with_cfg_hook(comfyui.model))
+    torch.testing.assert_close(one_branch, both, rtol=1e-5, atol=1e-5)
+    negative_chunks = len(negative)  # ComfyUI batches each conditioning entry as its own chunk
+    zigzag = (2 * batch, 3 * batch * negative_chunks) if case == "masked_negative" else (2 * batch, 3 * batch)
+    assert rows[: STEPS - 1] == [zigzag] * (STEPS - 1)
+    assert counter.per_step()[: STEPS - 1] == [(3 * batch, zigzag[1])] * (STEPS - 1)
+    assert chunks[1] == (1,) * negative_chunks  # the inversion's rows keep their unconditional label
+
+
+def test_rows_per_image_at_the_defaults_in_the_real_core(comfyui, counter):
+    """T = 50, λ = 49, T_max = 1: 2T + 3λ = 247 UNet rows per image at γ₂ = 0 and at γ₂ = 1 (was 296 at γ₂ = 0);
+    296 with a CFG hook that reads the positive prediction, as before."""
+    sigmas = schedule(comfyui, steps=50)
+    rows = {}
+    for label, model, inversion_scale in [("0", None, 0.0), ("1", None, 1.0), ("0 hooked", "hooked", 0.0)]:
+        model = with_cfg_hook(comfyui.model) if model else None
+        sampler_custom(comfyui, zigzag_sampler(comfyui, inversion_scale=inversion_scale), sigmas, model=model)
+        assert counter.steps == list(range(50))
+        rows[label] = counter.rows_total()
+    ksampler(comfyui, "zigzag_euler", steps=50)
+    rows["dropdown"] = counter.rows_total()
+    assert rows == {"0": 247, "1": 247, "0 hooked": 296, "dropdown": 247}
+
+
+def test_rescale_cfg_keeps_both_batches_at_scale_0(comfyui, counter):
+    rescaled = comfyui.node["RescaleCFG"]().patch(comfyui.model, 0.7)[0]  # a sampler_cfg_function
+    sampler_custom(comfyui, zigzag_sampler(comfyui), schedule(comfyui), model=rescaled)
+    assert counter.per_step() == [(3, 3)] * (STEPS - 1) + [LAST_STEP]
+
+
 # --- the guider's scale switch: errors, interrupts, unsupported guiders -----------------------------------
 
 
@@ -273,7 +349,7 @@ def test_interrupt_stops_sampling_and_restores_cfg(comfyui, counter):
     counter.on_call = press_stop_during_inversion
     with pytest.raises(mm.InterruptProcessingException):
         sampler_custom_advanced(comfyui, guider, zigzag_sampler(comfyui), schedule(comfyui))
-    assert counter.calls == 5 and len(counter.progress) == 1  # stopped inside step 1's inversion call
+    assert counter.calls == 5 and counter.steps == [0]  # stopped inside step 1's inversion call
     assert guider.cfg == CFG and not mm.processing_interrupted()
 
 

@@ -4,7 +4,8 @@ Inside a ComfyUI sampler function ``model`` is ``comfy.samplers.KSamplerX0Inpain
 inpainting mask); its ``inner_model`` is the guider (``CFGGuider`` or one built on it), which reads
 ``guider.cfg`` on every call. One call is made at another CFG scale by setting ``cfg``, calling, and
 restoring it in ``finally``. ComfyUI itself skips the unconditional batch when the scale is 1 (its
-cfg1 optimisation, unless ``disable_cfg1_optimization`` is set); at scale 0 it runs both batches.
+cfg1 optimisation, unless ``disable_cfg1_optimization`` is set); at scale 0 it would run both batches,
+so a call at scale 0 also gets :class:`UnconditionalOnly`, which leaves the positive batch out.
 
 Paper symbols: γ₁ is the guider's ``cfg`` (every denoising call), γ₂ the ``inversion_scale`` (every
 inversion call), λ the zigzag steps, T_max the zigzag rounds.
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import comfy.k_diffusion.sampling
+import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.samplers
@@ -41,6 +43,13 @@ RULES = {
 
 GUIDANCE_INTERVAL_KEY = "zigzag_kdiff_guidance_interval"
 """Key of the Guidance Interval patch among the model's ``predict_noise`` wrappers."""
+
+UNCONDITIONAL_ONLY_KEY = "zigzag_kdiff_unconditional_only"
+"""Key of :class:`UnconditionalOnly` among one inversion call's ``calc_cond_batch`` wrappers."""
+
+CFG_HOOKS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function")
+"""``model_options`` entries that read the conditional prediction (RescaleCFG, PAG, SAG, CFG++ samplers, ...):
+while one is set, a call at scale 0 evaluates both batches, as ComfyUI does."""
 
 
 # --- the guider ----------------------------------------------------------------------------------
@@ -87,8 +96,50 @@ def guider_scale(guider: Any, scale: float) -> Iterator[Any]:
         guider.cfg = previous
 
 
+class UnconditionalOnly:
+    """A ``calc_cond_batch`` wrapper (ComfyUI's WrappersMP.CALC_COND_BATCH): at cfg 0, the negative batch alone.
+
+    ComfyUI's CFG result at scale 0 is ``u + (c − u)·0 = u``, so the positive batch is not needed: with
+    conds ``[None, negative]`` ComfyUI evaluates the negative conditioning alone (its areas, masks, hooks,
+    ControlNet and image conditioning as they are; its rows keep the unconditional label in
+    ``cond_or_uncond``) and leaves the positive prediction all zeros. Acts only while the guider's
+    ``cfg`` is 0 and the negative batch is present.
+    """
+
+    def __init__(self, guider: Any) -> None:
+        self.guider = guider
+
+    def __call__(self, executor: Any, model: Any, conds: list, x_in: torch.Tensor, timestep: Any, *args: Any) -> Any:
+        if self.guider.cfg == 0 and len(conds) == 2 and conds[1] is not None:
+            conds = [None, conds[1]]
+        return executor(model, conds, x_in, timestep, *args)
+
+
+def unconditional_only(guider: Any, extra_args: dict) -> dict:
+    """``extra_args`` for one call at scale 0: its ``model_options`` cloned with :class:`UnconditionalOnly`.
+
+    Unchanged while a :data:`CFG_HOOKS` entry is set (those read the positive prediction).
+    """
+    options = extra_args.get("model_options") or {}
+    if any(options.get(key) for key in CFG_HOOKS):
+        return extra_args
+    patched = comfy.model_patcher.create_model_options_clone(options)
+    comfy.patcher_extension.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.CALC_COND_BATCH,
+        UNCONDITIONAL_ONLY_KEY,
+        UnconditionalOnly(guider),
+        patched,
+        is_model_options=True,
+    )
+    return {**extra_args, "model_options": patched}
+
+
 class GuiderScaleSwitch:
-    """The engine's ``call_at_scale`` for ComfyUI: set the guider's cfg, call the model, restore the cfg."""
+    """The engine's ``call_at_scale`` for ComfyUI: set the guider's cfg, call the model, restore the cfg.
+
+    At scale 0 the call evaluates the negative batch alone (:func:`unconditional_only`): one branch, as
+    ComfyUI's own cfg1 optimisation does at scale 1.
+    """
 
     def __init__(self, guider: Any) -> None:
         self.guider = guider
@@ -96,6 +147,8 @@ class GuiderScaleSwitch:
     def __call__(
         self, model: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, scale: float
     ) -> torch.Tensor:
+        if scale == 0:
+            extra_args = unconditional_only(self.guider, extra_args)
         with guider_scale(self.guider, scale):
             return model(x, sigma, **extra_args)
 
