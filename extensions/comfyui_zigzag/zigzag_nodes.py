@@ -57,7 +57,8 @@ class ZigzagSampler(io.ComfyNode):
                     step=0.1,
                     round=0.01,
                     tooltip="γ₂, the CFG scale of inversion calls; 0 is the unconditional prediction (released "
-                    "code), 1 the conditional one (ComfyUI then skips the uncond batch). Must be <= cfg.",
+                    "code), 1 the conditional one; at 0 and 1 an inversion evaluates one batch, not two. "
+                    "Must be <= cfg.",
                 ),
                 io.Float.Input(
                     "zigzag_steps",
