@@ -654,7 +654,8 @@ def host_notes(forge_family: bool, hide_samplers_invert: bool = False) -> list[s
             "Forge family: inversions at γ₂ = 1 skip the unconditional pass; on Forge inversions at γ₂ = 0 skip "
             "the conditional pass (one branch each) unless a CFG hook (dynamic thresholding, SAG, ...) is active. "
             "In the hires pass γ₁ is the Hires CFG Scale. At CFG Scale 1 there is no negative prompt: the "
-            "inversion then runs at the CFG scale (no guidance gap, no effect).",
+            "inversion then runs at the CFG scale (no guidance gap, no effect). NGMS (negative guidance minimum "
+            "sigma) applies to the denoising calls only.",
         ]
     else:
         notes = [
