@@ -9,6 +9,7 @@ with calling the library directly.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import sys
@@ -375,6 +376,27 @@ def test_notes_are_told_once_and_markers_accumulate():
     zw.notify(p, "second thing", "b")
     assert list(p.comments) == ["Zigzag: first thing", "Zigzag: second thing"]
     assert p.extra_generation_params == {"Zigzag note": "a; b"}
+
+
+def test_grid_cells_sharing_one_infotext_dict_get_their_own_entries():
+    """X/Y/Z makes each cell with ``copy(p)``: one ``extra_generation_params`` dict for all cells."""
+    grid_p = StandInP()
+    cells = [copy.copy(grid_p) for _ in range(4)]
+    assert cells[0].extra_generation_params is cells[3].extra_generation_params
+    shared_params = grid_p.extra_generation_params
+
+    run("euler", StandInCFGDenoiser(cells[0]), karras(6), extra_args(), settings_opts(zigzag_rounds=0))
+    assert shared_params == {"Zigzag rounds": 0}
+    run("euler", StandInCFGDenoiser(cells[1]), karras(6), extra_args())  # rounds back at the default 1
+    assert shared_params == {}
+    forge_cfg_1 = StandInCFGDenoiser(cells[2], forge=True)
+    run("euler", forge_cfg_1, karras(6), extra_args(scale=1.0, uncond=False), settings_opts(zigzag_rounds=2))
+    assert shared_params == {"Zigzag rounds": 2, "Zigzag note": "gap 0 (CFG Scale 1)"}
+    # the same p again (hires pass, next batch iteration) keeps its first pass's markers
+    run("euler", StandInCFGDenoiser(cells[2], forge=True), karras(6), extra_args(), settings_opts(zigzag_rounds=2))
+    assert shared_params == {"Zigzag rounds": 2, "Zigzag note": "gap 0 (CFG Scale 1)"}
+    run("euler", StandInCFGDenoiser(cells[3]), karras(6), extra_args(), settings_opts(zigzag_inversion_scale=1.5))
+    assert shared_params == {"Zigzag inversion scale": 1.5}  # no stale rounds, no stale note
 
 
 @pytest.mark.parametrize(

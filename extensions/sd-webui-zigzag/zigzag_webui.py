@@ -384,6 +384,33 @@ NOTE_INFOTEXT = "Zigzag note"
 """Infotext key of the notes' short markers (the HTTP API's ``info`` carries the infotext, not the comments)."""
 
 
+def record_infotext(p: Any, settings: ZigzagSettings) -> None:
+    """Write the full current state of our infotext entries into ``p.extra_generation_params``.
+
+    The X/Y/Z grid makes each cell with a shallow ``copy(p)``, so all cells share one dict: set every
+    non-default setting, remove those back at their default, and drop the note markers of another
+    generation (a cell is a new ``p`` object; the hires pass and batch iterations reuse the same ``p``
+    and keep the markers of its first pass).
+    """
+    params = getattr(p, "extra_generation_params", None)
+    if not isinstance(params, dict):
+        return
+    current = infotext_params(settings)
+    for setting in SETTINGS:
+        if setting.infotext in current:
+            params[setting.infotext] = current[setting.infotext]
+        else:
+            params.pop(setting.infotext, None)
+    if getattr(p, NOTES_OWNER, None) != id(p):
+        params.pop(NOTE_INFOTEXT, None)
+        setattr(p, NOTES_OWNER, id(p))
+
+
+NOTES_OWNER = "zigzag_notes_of"
+"""Attribute of ``p``: ``id(p)`` of the generation whose markers ``p.extra_generation_params`` holds
+(a shallow copy inherits another object's id, so its first zigzag call starts fresh)."""
+
+
 def notify(p: Any, message: str, marker: str) -> None:
     """Tell the user once per generation: a comment under the image (``p.comment``), the log, and a
     short stable ``marker`` in the infotext (``Zigzag note: <marker>; <marker>``)."""
@@ -465,6 +492,7 @@ def sample_in_host(
             f"stay in [0, 1] (rectified flow): use {SAMPLER_NAMES['euler']}"
         )
     check_hires_scale(p, settings)
+    record_infotext(p, settings)
 
     if no_uncond:
         # Forge/Neo at CFG 1: there is no unconditional prediction to invert with.
@@ -491,8 +519,6 @@ def sample_in_host(
             "prompt editing stays scheduled on the planned count",
             f"{calls} model calls (planned {planned})",
         )
-    if p is not None and isinstance(getattr(p, "extra_generation_params", None), dict):
-        p.extra_generation_params.update(infotext_params(settings))
 
     guided = HostGuidedModel(model, cond_scale, interval)
     options: dict[str, Any] = {
