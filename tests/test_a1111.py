@@ -697,7 +697,9 @@ def test_glue_script_against_standin_webui_modules(monkeypatch):
             on_infotext_pasted=lambda f: callbacks.setdefault("infotext_pasted", f),
         ),
         "scripts": types.SimpleNamespace(
-            scripts_data=[script_data(type("XYZ", (), {"__module__": "xyz_grid.py"}), "", "", xyz)]
+            scripts_data=[script_data(type("XYZ", (), {"__module__": "xyz_grid.py"}), "", "", xyz)],
+            Script=type("Script", (), {}),
+            AlwaysVisible=object(),
         ),
         "sd_samplers": registry,
         "sd_samplers_common": types.SimpleNamespace(SamplerData=StandInSamplerData),
@@ -733,6 +735,15 @@ def test_glue_script_against_standin_webui_modules(monkeypatch):
 
     callbacks["before_ui"]()  # web UI mode: before_ui runs before the UI is built; nothing is added twice
     assert [a.label for a in xyz.axis_options] == axis_labels
+
+    # every generation (an X/Y/Z cell with another sampler too) starts without another cell's zigzag entries
+    hook = script.ZigzagInfotext()
+    assert hook.show(False) is fake["scripts"].AlwaysVisible and hook.show(True) is fake["scripts"].AlwaysVisible
+    zigzag_cell = StandInP()
+    zigzag_cell.extra_generation_params.update({"Zigzag rounds": 2, "Zigzag note": "a", "Hires upscale": 2})
+    euler_cell = copy.copy(zigzag_cell)
+    hook.process(euler_cell)
+    assert euler_cell.extra_generation_params == {"Hires upscale": 2}
     params = {"Sampler": "Zigzag (DDIM)"}
     callbacks["infotext_pasted"]("", params)
     assert params["Zigzag rounds"] == "1"

@@ -406,6 +406,19 @@ def record_infotext(p: Any, settings: ZigzagSettings) -> None:
         setattr(p, NOTES_OWNER, id(p))
 
 
+def forget_infotext(p: Any) -> None:
+    """At the start of every generation, whatever its sampler (the extension's ``process`` script hook):
+    drop our entries and note markers that another X/Y/Z cell left in the shared dict (a zigzag sampler
+    writes its own again, :func:`record_infotext`)."""
+    params = getattr(p, "extra_generation_params", None)
+    if not isinstance(params, dict):
+        return
+    for setting in SETTINGS:
+        params.pop(setting.infotext, None)
+    params.pop(NOTE_INFOTEXT, None)
+    setattr(p, NOTES_OWNER, id(p))
+
+
 NOTES_OWNER = "zigzag_notes_of"
 """Attribute of ``p``: ``id(p)`` of the generation whose markers ``p.extra_generation_params`` holds
 (a shallow copy inherits another object's id, so its first zigzag call starts fresh)."""

@@ -100,6 +100,20 @@ def on_infotext_pasted(infotext, params):
     zw.fill_infotext_defaults(params, REGISTERED)
 
 
+class ZigzagInfotext(scripts.Script):
+    """No UI. X/Y/Z cells share one infotext dict: each generation starts without another cell's zigzag
+    entries, also when its sampler is not ours (the zigzag samplers write their own)."""
+
+    def title(self):
+        return "Zigzag infotext"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process(self, p, *args):
+        zw.forget_infotext(p)
+
+
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(on_before_ui)
 script_callbacks.on_infotext_pasted(on_infotext_pasted)
