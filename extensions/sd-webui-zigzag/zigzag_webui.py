@@ -354,7 +354,7 @@ def sample_in_host(
     if zigzags and rule == "ddim" and is_flow_schedule(model):
         raise ValueError(
             f"{SAMPLER_NAMES['ddim']} assumes a variance-preserving (ε or v) model; this model's noise levels "
-            f"stay in [0, 1] (rectified flow): use {SAMPLER_NAMES['euler']}"
+            f"stay in [0, 1] (rectified flow): use {SAMPLER_NAMES['euler']} or {SAMPLER_NAMES['dpmpp_2m']}"
         )
 
     planned = getattr(model, "total_steps", None)
