@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import bench_gmm, bench_shapes, shapes
+from . import bench, bench_gmm, bench_shapes, shapes
 from .bench import Method, save_figure
 from .gmm import UNCONDITIONAL
 from .guidance import CFGDenoiser
-from .sampling import Denoise, _sample_zigzag, step_dpmpp_2m
+from .sampling import Denoise, _sample_zigzag, invert_euler, step_dpmpp_2m
 
 __all__ = [
     "Config",
@@ -76,7 +76,7 @@ class Config:
     zigzag_scales: tuple[float, ...] = bench_gmm.ZIGZAG_SCALES
     sigma_min: float = 0.02
     sigma_max: float = 20.0
-    diagnostic: bool = True  # also run EXACT_INVERSION
+    diagnostic: bool = True  # also run the UNMOVED_NAME and EXACT_INVERSION diagnostics
 
     def gmm_config(self) -> bench_gmm.Config:
         """The ``bench gmm`` config whose noise, seeds and sigmas these runs share."""
@@ -110,6 +110,7 @@ def convergence_methods(config: Config, steps: int) -> list[tuple[str, Method]]:
     return out
 
 
+UNMOVED_NAME = "zigzag DPM++ 2M, unmoved history (diagnostic)"
 EXACT_INVERSION = "zigzag DPM++ 2M, exact inversion (diagnostic)"
 """Not a sampler: zigzag DPM++ 2M whose inversion solves the γ₂ ODE σ_{i+1} → σ_i with
 ``INVERSION_SUBSTEPS`` DPM++ 2M sub-steps (that many model calls), to show what the Euler inversion costs."""
@@ -132,6 +133,22 @@ def sample_exact_inversion(model, x, sigmas, extra_args):
     return _sample_zigzag(
         model, x, sigmas, extra_args, None, True, step_dpmpp_2m, invert_substeps, 0.0, None, 1, None, None, None
     )
+
+
+UNMOVED = "dpmpp_2m_unmoved"
+"""Diagnostic ``Method.rule``: zigzag DPM++ 2M whose re-denoising uses the plain history D_{i−1} instead of
+the moved one (:func:`zigzag_kdiff.sampling.moved_history`), to show what moving it does."""
+
+
+def sample_unmoved_history(model, x, sigmas, extra_args, disable=True, inversion_scale=0.0, zigzag_steps=None):
+    """The diagnostic sampler of :data:`UNMOVED`."""
+    return _sample_zigzag(
+        model, x, sigmas, extra_args, None, disable, step_dpmpp_2m, invert_euler, inversion_scale, zigzag_steps,
+        1, None, None, None, move_history=False,
+    )  # fmt: skip
+
+
+bench.ZIGZAG_SAMPLERS.setdefault(UNMOVED, sample_unmoved_history)  # runnable by sample_method, for diagnostics
 
 
 @dataclass
@@ -171,12 +188,15 @@ def run_dim(mixture: bench_gmm.Mixture, config: Config, log=None) -> DimConverge
     args = {"cond": labels, "uncond": torch.full_like(labels, UNCONDITIONAL), "cond_scale": config.scale}
 
     def run(index: int, steps: int) -> torch.Tensor:
+        sigmas = bench_gmm.karras_sigmas(steps, config.sigma_min, config.sigma_max)
         if index == len(RULES) + 2:
-            sigmas = bench_gmm.karras_sigmas(steps, config.sigma_min, config.sigma_max)
+            return sample_unmoved_history(guided, noise * sigmas[0], sigmas, args)
+        if index == len(RULES) + 3:
             return sample_exact_inversion(guided, noise * sigmas[0], sigmas, args)
         return bench_gmm.sample(model, convergence_methods(config, steps)[index][1], noise, labels, gmm_config)[0]
 
-    names = [name for name, _ in convergence_methods(config, 1)] + ([EXACT_INVERSION] if config.diagnostic else [])
+    names = [name for name, _ in convergence_methods(config, 1)]
+    names += [UNMOVED_NAME, EXACT_INVERSION] if config.diagnostic else []
     for index, name in enumerate(names):
         start = time.perf_counter()
         reference = run(index, config.reference_steps)
@@ -350,6 +370,7 @@ STYLES = {
     "zigzag DPM++ 2M": ("C3", "D", "-"),
     "Euler": ("C0", "o", ":"),
     "DPM++ 2M": ("C3", "D", ":"),
+    "zigzag DPM++ 2M, unmoved history (diagnostic)": ("C3", "v", "--"),
     "zigzag DPM++ 2M, exact inversion (diagnostic)": ("0.5", "x", "--"),
 }
 
@@ -429,11 +450,12 @@ class ShapesConfig:
     prompts: int = 72
     steps: tuple[int, ...] = (10, 20)
     scale: float = 3.0  # γ₁ (bench shapes' reference scale); γ₂ = 0, λ = T − 1
+    diagnostic_seeds: int = 4  # seeds of the unmoved-history diagnostic (0: not run)
     batch: int = 128
     threads: int = 1
 
 
-SHAPES_QUICK = ShapesConfig(seeds=2, prompts=8, steps=(4,), batch=48)
+SHAPES_QUICK = ShapesConfig(seeds=2, prompts=8, steps=(4,), diagnostic_seeds=1, batch=48)
 
 
 def shapes_methods(config: ShapesConfig) -> list[Method]:
@@ -441,6 +463,8 @@ def shapes_methods(config: ShapesConfig) -> list[Method]:
     for steps in config.steps:
         out.append(Method("DPM++ 2M", "dpmpp_2m", config.scale, steps, zigzag_steps=0))
         out.append(Method("Z-Sampling dpmpp_2m γ₂=0", "dpmpp_2m", config.scale, steps))
+    for steps in config.steps if config.diagnostic_seeds else ():
+        out.append(Method("diagnostic: unmoved history", UNMOVED, config.scale, steps, seeds=config.diagnostic_seeds))
     return out
 
 
@@ -454,8 +478,10 @@ def run_shapes_dpmpp(config: ShapesConfig = ShapesConfig(), log=None) -> list[be
     runs = []
     for method in shapes_methods(config):
         start = time.perf_counter()
-        images, rows = bench_shapes.generate(model, method, noise, cond, uncond, config.batch)
-        outcomes = {k: v.reshape(config.seeds, -1) for k, v in bench_shapes.score(images, specs * config.seeds).items()}
+        seeds = config.seeds if method.seeds is None else min(method.seeds, config.seeds)
+        n = seeds * len(specs)
+        images, rows = bench_shapes.generate(model, method, noise[:n], cond[:n], uncond, config.batch)
+        outcomes = {k: v.reshape(seeds, -1) for k, v in bench_shapes.score(images, specs * seeds).items()}
         runs.append(bench_shapes.Run(method, rows, time.perf_counter() - start, outcomes))
         if log:
             log(f"  {method.label}: all-correct {outcomes['all_correct'].mean():.3f}, {runs[-1].seconds:.0f}s")
@@ -465,9 +491,14 @@ def run_shapes_dpmpp(config: ShapesConfig = ShapesConfig(), log=None) -> list[be
 def shapes_comparisons(runs: list[bench_shapes.Run]) -> list[bench_shapes.Paired]:
     """Zigzag DPM++ 2M against DPM++ 2M at the same T, and against DPM++ 2M at the nearest T with more rows."""
     plain = {r.method.steps: r for r in runs if r.method.lam == 0}
+    zigzag = {r.method.steps: r for r in runs if r.method.lam > 0 and r.method.rule == "dpmpp_2m"}
     out = []
     for run in runs:
         if run.method.lam == 0:
+            continue
+        if run.method.rule == UNMOVED:
+            if run.method.steps in zigzag:
+                out.append(bench_shapes.paired_test(run, zigzag[run.method.steps], "moved history"))
             continue
         same = plain.get(run.method.steps)
         if same is not None:
