@@ -34,7 +34,8 @@ Design decisions:
   is a plain step in any case, as in the released code.
 * Denoising step. Algorithm 1 does not fix the solver of Φ: the engine takes a step rule (Euler, the
   paper's eq. 2, or DPM-Solver++(2M)) as it takes an inversion rule. A multistep rule's history is the
-  previous step's *final* denoised prediction (after its zigzag rounds); see :func:`step_dpmpp_2m`.
+  previous step's *final* denoised prediction (after its zigzag rounds), moved with the latent for the
+  re-denoising of an inverted latent; see :func:`step_dpmpp_2m` and :func:`moved_history`.
 """
 
 from __future__ import annotations
