@@ -82,3 +82,6 @@ def test_cli_bench_shapes_dpmpp_quick_pairs_each_zigzag_run(tmp_path, capsys):
     assert [run["method"]["seeds"] for run in data["runs"]] == [None, None, 1]
     assert [len(run["outcomes"]["all_correct"]) for run in data["runs"]] == [2, 2, 1]
     assert [p["relation"] for p in data["paired"]] == ["same T", "moved history"]
+    assert (tmp_path / "shapes_dpmpp.png").is_file()
+    assert main(["bench", "shapes-dpmpp", "--from-json", str(tmp_path / "shapes_dpmpp.json")]) == 0
+    assert capsys.readouterr().out == text  # the stored outcomes re-render the same tables

@@ -568,8 +568,50 @@ def write_shapes_outputs(runs: list[bench_shapes.Run], config: ShapesConfig, fol
         "paired": [asdict(test) for test in shapes_comparisons(runs)],
     }
     written[1].write_text(json.dumps(data, indent=1) + "\n")
+    written.append(plot_shapes_dpmpp(runs, folder / "shapes_dpmpp.png"))
     return written
 
 
 def _replace(config: Any, **changes: Any) -> Any:
     return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_shapes_json(path: str | Path) -> tuple[list[bench_shapes.Run], ShapesConfig]:
+    """Runs and config back from ``shapes_dpmpp.json`` (outcomes per image), to re-render tables and plots."""
+    data = json.loads(Path(path).read_text())
+    config = ShapesConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()})
+    runs = []
+    for item in data["runs"]:
+        method = Method(**{k: tuple(v) if isinstance(v, list) else v for k, v in item["method"].items()})
+        outcomes = {k: np.asarray(v, dtype=bool) for k, v in item["outcomes"].items()}
+        runs.append(bench_shapes.Run(method, item["rows_per_image"], item["seconds"], outcomes))
+    return runs, config
+
+
+def plot_shapes_dpmpp(runs: list[bench_shapes.Run], path: Path) -> Path:
+    """Rates with 95 % Wilson intervals per attribute, one bar per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attributes = (("all_correct", "all correct"), ("count_colour", "count ∧ colour"), ("clean", "clean"))
+    fig, axes = plt.subplots(1, len(attributes), figsize=(4.4 * len(attributes), 4.2))
+    colours = {0: "C3", 1: "C0", 2: "0.6"}
+    for ax, (key, title) in zip(axes, attributes):
+        stats = [bench_shapes.proportion_ci(run.outcomes[key]) for run in runs]
+        kinds = [0 if run.method.lam == 0 else (2 if run.method.rule == UNMOVED else 1) for run in runs]
+        positions = np.arange(len(runs))
+        ax.bar(
+            positions, [100 * s[0] for s in stats], yerr=100 * bench_gmm._yerr(stats), capsize=3,
+            color=[colours[k] for k in kinds],
+        )  # fmt: skip
+        labels = [
+            ("DPM++ 2M" if k == 0 else "zigzag" if k == 1 else "unmoved\n(diagnostic)") + f"\nT={run.method.steps}"
+            for run, k in zip(runs, kinds)
+        ]
+        ax.set_xticks(positions, labels, fontsize=7)
+        ax.set_ylabel(f"{title} (%)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, path)

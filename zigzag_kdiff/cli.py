@@ -72,7 +72,10 @@ def _bench_convergence(args: argparse.Namespace) -> None:
             model=args.model,
             threads=args.threads,
         )
-        runs = bc.run_shapes_dpmpp(config, log=log)
+        if args.from_json:  # re-render the table and plot from stored per-image outcomes
+            runs, config = bc.load_shapes_json(args.from_json)
+        else:
+            runs = bc.run_shapes_dpmpp(config, log=log)
         print(bc.format_shapes_dpmpp(runs, config))
         written = bc.write_shapes_outputs(runs, config, args.out) if args.out else []
     for path in written:
@@ -217,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="gmm/shapes: also write markdown, JSON and plots into this folder")
     bench.add_argument("--model", help="shapes: a diffusers folder (default: the bundled shapes16 model)")
     bench.add_argument("--threads", type=int, help="shapes: torch threads (default 1: fastest on a busy machine)")
-    bench.add_argument("--from-json", help="shapes: re-render the tables and plots of a stored shapes.json")
+    bench.add_argument(
+        "--from-json", help="shapes/shapes-dpmpp: re-render the tables and plots of a stored shapes(_dpmpp).json"
+    )
     bench.add_argument(
         "--first-seed",
         type=int,
