@@ -187,6 +187,7 @@ def run(rule: str, model: StandInCFGDenoiser, sigmas: torch.Tensor, args: dict, 
 
 
 def test_sampler_names_survive_every_hosts_scheduler_parser():
+    assert list(zw.SAMPLER_NAMES.values()) == ["Zigzag Euler", "Zigzag (DDIM)", "Zigzag DPM++ 2M"]
     for name in zw.SAMPLER_NAMES.values():
         zw.check_sampler_name(name, HOST_SCHEDULER_NAMES)
     with pytest.raises(ValueError, match="DDIM"):
@@ -266,7 +267,7 @@ class StandInSamplerData(StandInSamplerDataTuple):
         return steps * 2 if self.options.get("second_order", False) else steps
 
 
-@pytest.mark.parametrize("rule", ["euler", "ddim"])
+@pytest.mark.parametrize("rule", ["euler", "ddim", "dpmpp_2m"])
 def test_call_count_scales_progress_and_untouched_extra_args(rule):
     p = StandInP()
     model = StandInCFGDenoiser(p)
@@ -286,7 +287,7 @@ def test_call_count_scales_progress_and_untouched_extra_args(rule):
         expected += [6.0] + ([1.5, 6.0] * 2 if i < 4 else [])
     assert [c.received_scale for c in model.calls] == expected
     inversion_sigmas = [c.sigma for c in model.calls if c.received_scale == 1.5]
-    level = 1 if rule == "euler" else 0  # Euler evaluates at σ_{i+1}, the DDIM rule at σ_i
+    level = 0 if rule == "ddim" else 1  # the Euler inversion evaluates at σ_{i+1}, the DDIM rule at σ_i
     assert inversion_sigmas == pytest.approx([float(sigmas[i + level]) for i in range(4) for _ in range(2)])
 
 
@@ -300,7 +301,17 @@ def test_without_zigzag_steps_it_is_k_diffusions_euler():
     assert torch.equal(ours, reference)
 
 
-@pytest.mark.parametrize("rule,update", [("euler", "paper"), ("ddim", "released")])
+def test_zigzag_dpmpp_2m_without_zigzag_steps_is_k_diffusions_dpmpp_2m():
+    import k_diffusion
+
+    sigmas, args = karras(10), extra_args()
+    opts = settings_opts(zigzag_steps_fraction=0.0)
+    ours, x, steps_seen = run("dpmpp_2m", StandInCFGDenoiser(StandInP()), sigmas, args, opts)
+    reference = k_diffusion.sampling.sample_dpmpp_2m(StandInCFGDenoiser(StandInP()), x, sigmas, args, disable=True)
+    assert torch.equal(ours, reference) and steps_seen == list(range(10))
+
+
+@pytest.mark.parametrize("rule,update", [("euler", "paper"), ("ddim", "released"), ("dpmpp_2m", "released")])
 def test_the_extension_adds_no_sampling_of_its_own(rule, update):
     sigmas, args = karras(10), extra_args()
     opts = settings_opts(zigzag_ddim_inversion_update=update, zigzag_rounds=2)
@@ -550,9 +561,12 @@ def test_interrupt_propagates_and_nothing_stays_changed():
 def test_ddim_rule_refuses_flow_models():
     model = StandInCFGDenoiser(StandInP())
     model.inner_model.sigmas = torch.linspace(0.001, 1.0, 1000)  # a rectified-flow model's noise levels
-    with pytest.raises(ValueError, match=r"\(rectified flow\): use Zigzag Euler"):
+    with pytest.raises(ValueError, match=r"\(rectified flow\): use Zigzag Euler or Zigzag DPM\+\+ 2M"):
         run("ddim", model, torch.linspace(1, 0, 5), extra_args())
     assert model.calls == []
+    for rule in ("euler", "dpmpp_2m"):  # their Euler inversion suits any model
+        out, _, _ = run(rule, model, torch.linspace(1, 0, 5), extra_args())
+        assert torch.isfinite(out).all()
 
 
 # --- registration, X/Y/Z axes: contract tests against plain objects --------------------------------------
@@ -596,10 +610,15 @@ def test_registration_contract_in_place_idempotent_and_refusing():
     same_list, same_map = registry.all_samplers, registry.all_samplers_map
     opts = settings_opts(zigzag_steps_fraction=0.5, zigzag_rounds=2)
     names = zw.register_samplers(registry, StandInSamplerData, StandInKDiffusionSampler, lambda: opts)
-    assert names == ["Zigzag Euler", "Zigzag (DDIM)"]
+    ours = ["Zigzag Euler", "Zigzag (DDIM)", "Zigzag DPM++ 2M"]
+    assert names == ours
     assert registry.all_samplers is same_list and registry.all_samplers_map is same_map
-    assert [x.name for x in registry.all_samplers] == ["Euler", "Restart", "Zigzag Euler", "Zigzag (DDIM)"]
+    assert [x.name for x in registry.all_samplers] == ["Euler", "Restart", *ours]
     assert registry.samplers_map["zigzag_ddim"] == "Zigzag (DDIM)" and registry.cache_clears == 1
+    assert registry.samplers_map["zigzag_dpmpp_2m"] == "Zigzag DPM++ 2M"
+    dpmpp = registry.all_samplers_map["Zigzag DPM++ 2M"]
+    assert dpmpp.options == {"zigzag_rule": "dpmpp_2m"} and dpmpp.total_steps(20) == 20 + 2 * 2 * 10
+    assert dpmpp.constructor("sd_model").func.__name__ == "sample_zigzag_dpmpp_2m_webui"
 
     entry = registry.all_samplers_map["Zigzag Euler"]
     assert isinstance(entry, StandInSamplerData) and entry.options == {"zigzag_rule": "euler"}
@@ -609,7 +628,7 @@ def test_registration_contract_in_place_idempotent_and_refusing():
     assert not {"n", "sigma_min", "sigma_max", "sigma_sched", "eta", "s_noise"} & set(sampler.parameters)
 
     zw.register_samplers(registry, StandInSamplerData, StandInKDiffusionSampler, lambda: opts)  # Reload UI
-    assert [x.name for x in registry.all_samplers] == ["Euler", "Restart", "Zigzag Euler", "Zigzag (DDIM)"]
+    assert [x.name for x in registry.all_samplers] == ["Euler", "Restart", *ours]
     assert registry.all_samplers_map["Zigzag Euler"] is not entry and registry.set_calls == 2
 
     foreign = standin_sd_samplers()
@@ -718,7 +737,8 @@ def test_glue_script_against_standin_webui_modules(monkeypatch):
     monkeypatch.setitem(sys.modules, "zigzag_webui", zw)
 
     script = _load_script(EXTENSION_DIR / "scripts" / "zigzag.py")
-    assert script.REGISTERED == ["Zigzag Euler", "Zigzag (DDIM)"] and "Zigzag (DDIM)" in registry.all_samplers_map
+    assert script.REGISTERED == ["Zigzag Euler", "Zigzag (DDIM)", "Zigzag DPM++ 2M"]
+    assert "Zigzag DPM++ 2M" in registry.all_samplers_map
     assert set(callbacks) == {"ui_settings", "before_ui", "infotext_pasted"}
     # the X/Y/Z axes exist at import: in API-only mode the X/Y/Z UI copies them before before_ui runs
     axis_labels = [axis[0] for axis in zw.XYZ_AXES]
@@ -747,6 +767,9 @@ def test_glue_script_against_standin_webui_modules(monkeypatch):
     params = {"Sampler": "Zigzag (DDIM)"}
     callbacks["infotext_pasted"]("", params)
     assert params["Zigzag rounds"] == "1"
+    params = {"Sampler": "Zigzag DPM++ 2M", "Zigzag rounds": "2"}
+    callbacks["infotext_pasted"]("", params)
+    assert params["Zigzag rounds"] == "2" and params["Zigzag inversion scale"] == "0.0"
 
     # Reload UI: the webui clears scripts_data and callbacks and imports every script again, X/Y/Z first
     reloaded = types.SimpleNamespace(AxisOption=StandInAxisOption, axis_options=[StandInAxisOption("Seed", int, None)])

@@ -133,15 +133,18 @@ def test_pack_loads_with_comfyui_loader_and_fills_dropdowns_once(comfyui):
     ksampler_names = comfyui.node["KSampler"].INPUT_TYPES()["required"]["sampler_name"][0]
     select_names = comfyui.node["KSamplerSelect"].INPUT_TYPES()["required"]["sampler_name"][1]["options"]
     for names in (ksampler_names, select_names):
-        assert names.count("zigzag_euler") == 1 and names.count("zigzag_ddim") == 1
+        assert all(names.count(name) == 1 for name in ("zigzag_euler", "zigzag_ddim", "zigzag_dpmpp_2m"))
     assert comfy.k_diffusion.sampling.sample_zigzag_euler.__wrapped__ is zigzag_kdiff.sample_zigzag_euler
     assert comfy.k_diffusion.sampling.sample_zigzag_ddim.__wrapped__ is zigzag_kdiff.sample_zigzag_ddim
+    assert comfy.k_diffusion.sampling.sample_zigzag_dpmpp_2m.__wrapped__ is zigzag_kdiff.sample_zigzag_dpmpp_2m
+    rules = comfyui.node["ZigzagSampler"].define_schema().inputs[0].options
+    assert rules == ["euler", "ddim", "ddim_released", "dpmpp_2m"]
 
 
 # --- KSampler dropdown ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["zigzag_euler", "zigzag_ddim"])
+@pytest.mark.parametrize("name", ["zigzag_euler", "zigzag_ddim", "zigzag_dpmpp_2m"])
 def test_ksampler_dropdown_shape_determinism_passes_and_previews(comfyui, counter, name, monkeypatch):
     import comfy.cli_args
 
@@ -169,6 +172,8 @@ def test_ksampler_dropdown_shape_determinism_passes_and_previews(comfyui, counte
         ({"zigzag_steps": 0.5}, [ZIGZAG_STEP] * 3 + [LAST_STEP] * 3),  # round(0.5 · 6) = 3
         ({"zigzag_steps": 2.0, "zigzag_steps_unit": "steps"}, [ZIGZAG_STEP] * 2 + [LAST_STEP] * 4),
         ({"rule": "ddim_released", "inversion_scale": 1.0}, [(3, 2)] * 5 + [LAST_STEP]),
+        ({"rule": "dpmpp_2m"}, [ZIGZAG_STEP] * 5 + [LAST_STEP]),
+        ({"rule": "dpmpp_2m", "inversion_scale": 1.0, "zigzag_rounds": 2}, [(5, 3)] * 5 + [LAST_STEP]),
     ],
 )
 def test_zigzag_sampler_passes_per_step(comfyui, counter, options, rows):
@@ -192,6 +197,19 @@ def test_lambda_zero_is_comfyui_euler_bit_for_bit(comfyui, counter, rule):
         assert torch.equal(sampler_custom(comfyui, no_rounds, sigmas, image=image), expected)
 
 
+@pytest.mark.parametrize("rule", ["dpmpp_2m"])
+def test_lambda_zero_is_comfyui_dpmpp_2m_bit_for_bit(comfyui, counter, rule):
+    no_zigzag = zigzag_sampler(comfyui, rule=rule, zigzag_steps=0.0, zigzag_steps_unit="steps")
+    dpmpp_2m = select(comfyui, "dpmpp_2m")
+    for sigmas, image in [(schedule(comfyui), latent()), (schedule(comfyui, denoise=0.5), latent(seed=3))]:
+        expected = sampler_custom(comfyui, dpmpp_2m, sigmas, image=image)
+        assert torch.equal(sampler_custom(comfyui, no_zigzag, sigmas, image=image), expected)
+        assert counter.per_step() == [LAST_STEP] * STEPS
+    zigzag = ksampler(comfyui, "zigzag_dpmpp_2m", image=latent(seed=3), denoise=0.5)  # img2img: 6 of 12 steps
+    assert counter.per_step() == [ZIGZAG_STEP] * (STEPS - 1) + [LAST_STEP]
+    assert not torch.allclose(zigzag, ksampler(comfyui, "dpmpp_2m", image=latent(seed=3), denoise=0.5))
+
+
 def test_img2img_partial_sigmas_and_empty_split(comfyui, counter):
     image = latent(seed=3)
     samples = ksampler(comfyui, "zigzag_euler", image=image, denoise=0.5)  # 6 steps of a 12-step schedule
@@ -206,14 +224,15 @@ def test_img2img_partial_sigmas_and_empty_split(comfyui, counter):
     assert torch.equal(zigzag, sampler_custom(comfyui, select(comfyui, "euler"), tail, image=image))
 
 
-def test_inpainting_mask_keeps_the_unmasked_latent(comfyui, counter):
+@pytest.mark.parametrize("rule", ["euler", "dpmpp_2m"])
+def test_inpainting_mask_keeps_the_unmasked_latent(comfyui, counter, rule):
     mask = torch.zeros(1, 8, 8)
     mask[:, :, :4] = 1.0  # regenerate the left half, keep the right half
     image = latent(seed=4, noise_mask=mask)
     keep = mask[0] == 0
-    zigzag = sampler_custom(comfyui, zigzag_sampler(comfyui), schedule(comfyui), image=image)
+    zigzag = sampler_custom(comfyui, zigzag_sampler(comfyui, rule=rule), schedule(comfyui), image=image)
     assert counter.per_step() == [ZIGZAG_STEP] * (STEPS - 1) + [LAST_STEP]
-    euler = sampler_custom(comfyui, select(comfyui, "euler"), schedule(comfyui), image=image)
+    euler = sampler_custom(comfyui, select(comfyui, rule), schedule(comfyui), image=image)  # the plain sampler
     for out in (zigzag, euler):
         torch.testing.assert_close(out[..., keep], image["samples"][..., keep], atol=1e-4, rtol=1e-4)
     assert (zigzag[..., ~keep] - image["samples"][..., ~keep]).abs().max() > 0.1
@@ -232,9 +251,10 @@ def test_batch_rows_match_single_runs_with_per_batch_seeds(comfyui, counter):
 def test_flow_model_zigzags_with_euler_and_refuses_the_ddim_rule(comfyui, counter):
     flow = comfyui.node["ModelSamplingSD3"]().patch(comfyui.model, 3.0)[0]  # CONST (flow) sampling, σ ≤ 1
     sigmas = schedule(comfyui, model=flow)
-    samples = sampler_custom(comfyui, zigzag_sampler(comfyui), sigmas, model=flow)
-    assert torch.isfinite(samples).all() and float(sigmas[0]) <= 1.0
-    assert counter.per_step() == [ZIGZAG_STEP] * (STEPS - 1) + [LAST_STEP]
+    for rule in ("euler", "dpmpp_2m"):
+        samples = sampler_custom(comfyui, zigzag_sampler(comfyui, rule=rule), sigmas, model=flow)
+        assert torch.isfinite(samples).all() and float(sigmas[0]) <= 1.0
+        assert counter.per_step() == [ZIGZAG_STEP] * (STEPS - 1) + [LAST_STEP]
     with pytest.raises(ValueError, match=r"this is a flow model \(CONST sampling\): use rule 'euler'"):
         sampler_custom(comfyui, zigzag_sampler(comfyui, rule="ddim"), sigmas, model=flow)
     assert counter.calls == 0
@@ -336,7 +356,8 @@ def test_guider_cfg_restored_after_exception_mid_sampling(comfyui, counter):
     assert torch.equal(again, fresh)
 
 
-def test_interrupt_stops_sampling_and_restores_cfg(comfyui, counter):
+@pytest.mark.parametrize("rule", ["euler", "dpmpp_2m"])
+def test_interrupt_stops_sampling_and_restores_cfg(comfyui, counter, rule):
     import comfy.model_management as mm
 
     guider = cfg_guider(comfyui)
@@ -348,7 +369,7 @@ def test_interrupt_stops_sampling_and_restores_cfg(comfyui, counter):
 
     counter.on_call = press_stop_during_inversion
     with pytest.raises(mm.InterruptProcessingException):
-        sampler_custom_advanced(comfyui, guider, zigzag_sampler(comfyui), schedule(comfyui))
+        sampler_custom_advanced(comfyui, guider, zigzag_sampler(comfyui, rule=rule), schedule(comfyui))
     assert counter.calls == 5 and counter.steps == [0]  # stopped inside step 1's inversion call
     assert guider.cfg == CFG and not mm.processing_interrupted()
 

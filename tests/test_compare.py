@@ -47,6 +47,7 @@ def test_default_methods_write_pngs_grid_and_json(tmp_path):
         "dpmpp_2m": (3, 6),
         "zigzag_euler": (7, 12),
         "zigzag_ddim": (7, 12),
+        "zigzag_dpmpp_2m": (7, 12),
         "cfg_matched": (3, 6),
     }
     assert summary["settings"]["matched_scale"] == 11.0 and summary["wall_seconds"] > 0
@@ -55,10 +56,10 @@ def test_default_methods_write_pngs_grid_and_json(tmp_path):
         assert first.size == (64, 64)
     assert parameters.splitlines()[:2] == ["a dog", "Negative prompt: blurry"]
     assert "Steps: 3, Sampler: Euler, Schedule type: Karras, CFG scale: 5.5, Seed: 0, Size: 64x64" in parameters
-    with Image.open(out / "grid.png") as grid:  # 5 columns of 128-pixel tiles (64 enlarged), 2 rows
-        assert 5 * 128 < grid.width < 6 * 128 and 2 * 128 < grid.height < 3 * 128
+    with Image.open(out / "grid.png") as grid:  # 6 columns of 128-pixel tiles (64 enlarged), 2 rows
+        assert 6 * 128 < grid.width < 7 * 128 and 2 * 128 < grid.height < 3 * 128
     # methods differ from one another on the same noise
-    assert len({pixels(out / r["file"]) for r in summary["images"] if r["seed"] == 0 and r["prompt"] == "a dog"}) == 5
+    assert len({pixels(out / r["file"]) for r in summary["images"] if r["seed"] == 0 and r["prompt"] == "a dog"}) == 6
 
 
 def test_every_method_starts_from_the_same_noise(tmp_path):

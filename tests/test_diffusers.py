@@ -117,6 +117,15 @@ def test_same_seed_same_latents_and_images_per_seed(pipes):
     assert torch.equal(pair, latents(pipe, seed=[3, 4], num_images_per_prompt=2))
 
 
+def test_zigzag_dpmpp_2m_by_name_and_without_zigzag_steps_is_dpmpp_2m(pipes):
+    pipe = pipes["sd15"]
+    plain = latents(pipe, sampler="dpmpp_2m", schedule="karras")
+    assert torch.equal(
+        latents(pipe, sampler="zigzag_dpmpp_2m", schedule="karras", sampler_options={"zigzag_steps": 0}), plain
+    )
+    assert not torch.allclose(latents(pipe, sampler="zigzag_dpmpp_2m", schedule="karras"), plain)
+
+
 def test_ancestral_samplers_are_seeded_per_image(pipes):
     pipe = pipes["sd15"]
     first = latents(pipe, sampler="euler_ancestral", seed=1)
@@ -130,6 +139,7 @@ def test_ancestral_samplers_are_seeded_per_image(pipes):
         ("zigzag_euler", {"inversion_scale": 0.0}, 5.5, 2 * STEPS + 3 * (STEPS - 1)),  # uncond-only inversions
         ("zigzag_ddim", {"inversion_scale": 1.0, "zigzag_rounds": 2}, 5.5, 2 * STEPS + 3 * 2 * (STEPS - 1)),
         ("zigzag_euler", {"inversion_scale": 2.0, "zigzag_steps": 2}, 5.5, 2 * STEPS + 4 * 2),  # both branches
+        ("zigzag_dpmpp_2m", {"inversion_scale": 0.0}, 5.5, 2 * STEPS + 3 * (STEPS - 1)),
         ("euler", {}, 5.5, 2 * STEPS),
         ("euler", {}, 1.0, STEPS),  # scale 1: the conditional branch only
     ],

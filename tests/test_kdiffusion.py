@@ -16,15 +16,17 @@ def test_registration_is_idempotent_and_matches_direct_call():
     import k_diffusion
     from k_diffusion.external import DiscreteEpsDDPMDenoiser
 
-    assert register_k_diffusion() == ["sample_zigzag_euler", "sample_zigzag_ddim"]
-    assert register_k_diffusion() == ["sample_zigzag_euler", "sample_zigzag_ddim"]
+    names = ["sample_zigzag_euler", "sample_zigzag_ddim", "sample_zigzag_dpmpp_2m"]
+    assert register_k_diffusion() == names
+    assert register_k_diffusion() == names
     assert k_diffusion.sampling.sample_zigzag_euler is zigzag_kdiff.sample_zigzag_euler
+    assert k_diffusion.sampling.sample_zigzag_dpmpp_2m is zigzag_kdiff.sample_zigzag_dpmpp_2m
 
     model = CFGDenoiser(DiscreteEpsDDPMDenoiser(TinyEps(), sd_alphas_cumprod(), quantize=True))
     sigmas = model.inner_model.get_sigmas(10)
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(1)) * sigmas[0]
     args = {"cond": torch.ones(2, 3), "uncond": torch.zeros(2, 3), "cond_scale": 5.5}
-    for name in ("sample_zigzag_euler", "sample_zigzag_ddim"):
+    for name in names:
         via_k = getattr(k_diffusion.sampling, name)(model, x, sigmas, args, disable=True, zigzag_steps=9)
         direct = getattr(zigzag_kdiff, name)(model, x, sigmas, args, disable=True, zigzag_steps=9)
         assert torch.equal(via_k, direct) and torch.isfinite(via_k).all()
@@ -99,14 +101,19 @@ def test_registration_of_host_adapters_is_idempotent_and_checked():
         return adapter
 
     adapters = {name: adapter_for(function) for name, function in zigzag_kdiff.SAMPLERS.items()}
-    assert register_k_diffusion(target, adapters) == ["sample_zigzag_euler", "sample_zigzag_ddim"]
+    assert register_k_diffusion(target, adapters) == [
+        "sample_zigzag_euler",
+        "sample_zigzag_ddim",
+        "sample_zigzag_dpmpp_2m",
+    ]
     again = {name: adapter_for(function) for name, function in zigzag_kdiff.SAMPLERS.items()}
     register_k_diffusion(target, again)  # a reload of the host's pack replaces its own adapters
     assert target.sample_zigzag_euler is again["zigzag_euler"]
     register_k_diffusion(target)  # and the plain samplers replace adapters
     assert target.sample_zigzag_ddim is zigzag_kdiff.sample_zigzag_ddim
 
-    with pytest.raises(ValueError, match=r"samplers must be named from \['zigzag_ddim', 'zigzag_euler'\]"):
+    named = r"samplers must be named from \['zigzag_ddim', 'zigzag_dpmpp_2m', 'zigzag_euler'\]"
+    with pytest.raises(ValueError, match=named):
         register_k_diffusion(target, {"zigzag_heun": zigzag_kdiff.sample_zigzag_euler})
     with pytest.raises(ValueError, match=r"samplers\['zigzag_euler'\] must be a zigzag_kdiff sampler"):
         register_k_diffusion(target, {"zigzag_euler": lambda *a, **k: None})

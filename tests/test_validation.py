@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import guided_args, initial_noise, karras_sigmas
 
-from zigzag_kdiff import CFGDenoiser, GuidanceInterval, sample_zigzag_ddim, sample_zigzag_euler
+from zigzag_kdiff import CFGDenoiser, GuidanceInterval, sample_zigzag_ddim, sample_zigzag_dpmpp_2m, sample_zigzag_euler
 
-SAMPLERS = [sample_zigzag_euler, sample_zigzag_ddim]
+SAMPLERS = [sample_zigzag_euler, sample_zigzag_ddim, sample_zigzag_dpmpp_2m]
 GOOD = karras_sigmas(5)
 
 BAD_CALLS = [

@@ -12,6 +12,7 @@ from .sampling import (
     ddim_sigmas,
     ddim_timesteps,
     sample_zigzag_ddim,
+    sample_zigzag_dpmpp_2m,
     sample_zigzag_euler,
     zigzag_plan,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "ddim_timesteps",
     "register_k_diffusion",
     "sample_zigzag_ddim",
+    "sample_zigzag_dpmpp_2m",
     "sample_zigzag_euler",
     "zigzag_plan",
 ]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .guidance import CallCounter, CFGDenoiser
-from .sampling import sample_zigzag_ddim, sample_zigzag_euler
+from .sampling import sample_zigzag_ddim, sample_zigzag_dpmpp_2m, sample_zigzag_euler
 
 
 class ModelTimer(nn.Module):
@@ -41,9 +41,10 @@ class ModelTimer(nn.Module):
 class Method:
     """One sampler setting of a benchmark.
 
-    ``rule``: "standard" (plain CFG, Euler/DDIM steps) or Z-Sampling's inversion rule, "euler" or
-    "ddim". ``scale`` is the CFG scale (γ₁ for Z-Sampling), ``inversion_scale`` γ₂, ``zigzag_steps`` λ
-    (None: T − 1). ``family`` only groups runs in tables and plots; ``seeds`` (None: all of the
+    ``rule``: "standard" (plain CFG, Euler/DDIM steps) or Z-Sampling's rule, "euler" or "ddim" (Euler
+    steps, that inversion) or "dpmpp_2m" (DPM++ 2M steps, Euler inversion; with ``zigzag_steps=0``:
+    plain CFG with DPM++ 2M steps). ``scale`` is the CFG scale (γ₁ for Z-Sampling), ``inversion_scale``
+    γ₂, ``zigzag_steps`` λ (None: T − 1). ``family`` only groups runs in tables and plots; ``seeds`` (None: all of the
     benchmark's seeds) says on how many seeds a benchmark runs it.
     """
 
@@ -67,7 +68,7 @@ class Method:
     def label(self) -> str:
         """The settings, e.g. ``Z ddim γ₁=3 γ₂=0 λ=19 T=20`` or ``CFG 3 T=20 interval [0.28, 5.42]``."""
         if self.lam == 0:
-            parts = [f"CFG {self.scale:g}"]
+            parts = [f"CFG {self.scale:g}"] + (["DPM++ 2M"] if self.rule == "dpmpp_2m" else [])
         else:
             parts = [f"Z {self.rule} γ₁={self.scale:g} γ₂={self.inversion_scale:g} λ={self.lam}"]
         parts.append(f"T={self.steps}")
@@ -78,8 +79,14 @@ class Method:
     def settings(self) -> tuple:
         """What determines the samples (``family`` and ``seeds`` do not): runs with equal settings are shared."""
         if self.lam == 0:
+            if self.rule == "dpmpp_2m":
+                return ("standard dpmpp_2m", self.scale, self.steps, self.interval)
             return ("standard", self.scale, self.steps, self.interval)
         return (self.rule, self.scale, self.steps, self.inversion_scale, self.lam, self.interval)
+
+
+ZIGZAG_SAMPLERS = {"euler": sample_zigzag_euler, "ddim": sample_zigzag_ddim, "dpmpp_2m": sample_zigzag_dpmpp_2m}
+"""The engine's sampler for each ``Method.rule`` but "standard"."""
 
 
 def sample_method(
@@ -87,9 +94,10 @@ def sample_method(
 ) -> torch.Tensor:
     """Run ``method`` with a :class:`~zigzag_kdiff.guidance.CFGDenoiser` ``guided`` from ``x`` (at ``sigmas[0]``);
     ``extra_args`` carries ``cond``, ``uncond`` and ``cond_scale`` (= ``method.scale``)."""
-    if method.lam == 0:  # standard sampling is the zigzag sampler with λ = 0 (bit for bit k-diffusion's Euler)
-        return sample_zigzag_euler(guided, x, sigmas, extra_args, disable=True, zigzag_steps=0)
-    sampler = {"euler": sample_zigzag_euler, "ddim": sample_zigzag_ddim}[method.rule]
+    if method.lam == 0:  # standard sampling is the zigzag sampler with λ = 0 (bit for bit k-diffusion's)
+        plain = sample_zigzag_dpmpp_2m if method.rule == "dpmpp_2m" else sample_zigzag_euler
+        return plain(guided, x, sigmas, extra_args, disable=True, zigzag_steps=0)
+    sampler = ZIGZAG_SAMPLERS[method.rule]
     return sampler(
         guided, x, sigmas, extra_args, disable=True, inversion_scale=method.inversion_scale, zigzag_steps=method.lam
     )

@@ -50,7 +50,37 @@ def _bench(args: argparse.Namespace) -> int:
             for path in bench_shapes.write_outputs(results, config, args.out):
                 _log(f"wrote {path}")
         _log(f"bench shapes: {time.perf_counter() - start:.0f}s")
+    elif args.which in ("convergence", "shapes-dpmpp"):
+        _bench_convergence(args)
     return 0
+
+
+def _bench_convergence(args: argparse.Namespace) -> None:
+    from . import bench_convergence as bc
+
+    start = time.perf_counter()
+    log = _log if args.verbose else None
+    if args.which == "convergence":
+        config = bc._replace(bc.QUICK if args.quick else bc.Config(), first_seed=args.first_seed)
+        results = bc.run_convergence(config, log=log)
+        print(bc.format_convergence(results, config))
+        written = bc.write_outputs(results, config, args.out) if args.out else []
+    else:
+        config = bc._replace(
+            bc.SHAPES_QUICK if args.quick else bc.ShapesConfig(),
+            first_seed=args.first_seed,
+            model=args.model,
+            threads=args.threads,
+        )
+        if args.from_json:  # re-render the table and plot from stored per-image outcomes
+            runs, config = bc.load_shapes_json(args.from_json)
+        else:
+            runs = bc.run_shapes_dpmpp(config, log=log)
+        print(bc.format_shapes_dpmpp(runs, config))
+        written = bc.write_shapes_outputs(runs, config, args.out) if args.out else []
+    for path in written:
+        _log(f"wrote {path}")
+    _log(f"bench {args.which}: {time.perf_counter() - start:.0f}s")
 
 
 def _replicate(args: argparse.Namespace) -> int:
@@ -178,9 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks that print tables")
     bench.add_argument(
         "which",
-        choices=["cost", "gmm", "shapes"],
+        choices=["cost", "gmm", "shapes", "convergence", "shapes-dpmpp"],
         help="cost: model calls, batch rows and wall time per sampler; gmm: Z-Sampling vs a CFG sweep on exact "
-        "Gaussian mixtures; shapes: the same on the bundled text-to-image model with a rule checker",
+        "Gaussian mixtures; shapes: the same on the bundled text-to-image model with a rule checker; "
+        "convergence: error to the T → ∞ limit per step rule and matched adherence against DPM++ 2M (GMMs); "
+        "shapes-dpmpp: zigzag DPM++ 2M against DPM++ 2M on the bundled model, paired",
     )
     bench.add_argument("--steps", type=int, default=50, help="cost: sampling steps T (default 50)")
     bench.add_argument("--repeats", type=int, default=3, help="cost: interleaved repetitions, median (default 3)")
@@ -188,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="gmm/shapes: also write markdown, JSON and plots into this folder")
     bench.add_argument("--model", help="shapes: a diffusers folder (default: the bundled shapes16 model)")
     bench.add_argument("--threads", type=int, help="shapes: torch threads (default 1: fastest on a busy machine)")
-    bench.add_argument("--from-json", help="shapes: re-render the tables and plots of a stored shapes.json")
+    bench.add_argument(
+        "--from-json", help="shapes/shapes-dpmpp: re-render the tables and plots of a stored shapes(_dpmpp).json"
+    )
     bench.add_argument(
         "--first-seed",
         type=int,

@@ -24,7 +24,7 @@ from typing import Any
 from . import __version__
 from .guidance import GuidanceInterval
 
-METHODS = ("euler", "dpmpp_2m", "zigzag_euler", "zigzag_ddim", "cfg_matched")
+METHODS = ("euler", "dpmpp_2m", "zigzag_euler", "zigzag_ddim", "zigzag_dpmpp_2m", "cfg_matched")
 """Method keys, in the default order of the grid's columns."""
 
 
@@ -118,6 +118,9 @@ def build_methods(settings: CompareSettings) -> list[Method]:
             "zigzag_ddim",
             gamma_1,
             {**zigzag, "inversion_update": settings.ddim_update},
+        ),
+        "zigzag_dpmpp_2m": Method(
+            "zigzag_dpmpp_2m", "Z-Sampling (DPM++ 2M)", "Z-Sampling DPM++ 2M", "zigzag_dpmpp_2m", gamma_1, dict(zigzag)
         ),
         "cfg_matched": Method("cfg_matched", f"Euler, CFG {matched:g} (matched)", "Euler", "euler", matched, {}),
     }

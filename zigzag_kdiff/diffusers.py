@@ -142,7 +142,7 @@ def _model_sigmas(scheduler: Any, denoiser: torch.nn.Module, steps: int) -> torc
 
 
 def resolve_sampler(sampler: str | Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """A sampler function from a name: ours (``zigzag_euler``, ``zigzag_ddim``) or any of
+    """A sampler function from a name: ours (``zigzag_euler``, ``zigzag_ddim``, ``zigzag_dpmpp_2m``) or any of
     k-diffusion's that take ``sigmas`` (``euler``, ``dpmpp_2m``, ``sample_heun``, …), or a callable."""
     if callable(sampler):
         return sampler
@@ -354,7 +354,8 @@ def generate(
         prompt: one prompt or a list; ``num_images_per_prompt`` images each (prompt-major order).
         negative_prompt: one for all prompts or one per prompt; ``None`` is the pipeline's default
             (``""`` for SD, zero embeddings for SDXL with ``force_zeros_for_empty_prompt``).
-        sampler: ``"zigzag_euler"``, ``"zigzag_ddim"``, a k-diffusion sampler name or a callable.
+        sampler: ``"zigzag_euler"``, ``"zigzag_ddim"``, ``"zigzag_dpmpp_2m"``, a k-diffusion sampler name or a
+            callable.
         steps: T, sampling steps.
         cfg_scale: γ₁, CFG scale ``uncond + s·(cond − uncond)`` of every denoising call.
         schedule: one of :data:`SCHEDULES`.

@@ -6,11 +6,12 @@ import inspect
 from collections.abc import Callable, Mapping
 from types import ModuleType
 
-from .sampling import sample_zigzag_ddim, sample_zigzag_euler
+from .sampling import sample_zigzag_ddim, sample_zigzag_dpmpp_2m, sample_zigzag_euler
 
 SAMPLERS: dict[str, Callable[..., object]] = {
     "zigzag_euler": sample_zigzag_euler,
     "zigzag_ddim": sample_zigzag_ddim,
+    "zigzag_dpmpp_2m": sample_zigzag_dpmpp_2m,
 }
 """Sampler names (k-diffusion style, without the ``sample_`` prefix) and their functions."""
 
@@ -25,7 +26,8 @@ def register_k_diffusion(
     module: ModuleType | None = None,
     samplers: Mapping[str, Callable[..., object]] | None = None,
 ) -> list[str]:
-    """Set ``sample_zigzag_euler`` and ``sample_zigzag_ddim`` on k-diffusion's sampling module.
+    """Set ``sample_zigzag_euler``, ``sample_zigzag_ddim`` and ``sample_zigzag_dpmpp_2m`` on k-diffusion's
+    sampling module.
 
     Idempotent: calling it again (or after a reload of this package) replaces our own entries.
     ``module`` defaults to ``k_diffusion.sampling``; hosts pass their vendored copy (Forge's

@@ -1,6 +1,6 @@
 """Zigzag Diffusion Sampling (Z-Sampling, Bai et al., ICLR 2025) as k-diffusion samplers.
 
-Both samplers take k-diffusion's signature ``(model, x, sigmas, extra_args, callback, disable)`` and
+The samplers take k-diffusion's signature ``(model, x, sigmas, extra_args, callback, disable)`` and
 work in its variance-exploding parameterisation: ``x = x₀ + σ·n``, ``model(x, σ)`` returns the
 denoised estimate, and for a discrete ε-model ``σ = sqrt((1 − ᾱ)/ᾱ)`` and ``x = x_vp / sqrt(ᾱ)``.
 In this form a DDIM step with η = 0 (the paper's eq. 2) is exactly an Euler step.
@@ -32,6 +32,10 @@ Design decisions:
 * Final step. A step whose target is ``σ = 0`` is never zigzagged: inverting from a clean sample is
   undefined for the Euler rule (``d = (x − D)/σ``). With the default ``λ = steps − 1`` the last step
   is a plain step in any case, as in the released code.
+* Denoising step. Algorithm 1 does not fix the solver of Φ: the engine takes a step rule (Euler, the
+  paper's eq. 2, or DPM-Solver++(2M)) as it takes an inversion rule. A multistep rule's history is the
+  previous step's *final* denoised prediction (after its zigzag rounds), moved with the latent for the
+  re-denoising of an inverted latent; see :func:`step_dpmpp_2m` and :func:`moved_history`.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ __all__ = [
     "count_model_calls",
     "sample_zigzag_euler",
     "sample_zigzag_ddim",
+    "sample_zigzag_dpmpp_2m",
 ]
 
 
@@ -265,6 +270,88 @@ def invert_ddim_released(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor
 InversionRule = Callable[[Denoise, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 
+# --- denoising step rules: one step σ_i → σ_{i+1} (the paper's Φ^t, eq. 2) ---------------------
+
+
+class StepRule(Protocol):
+    """``step(x, denoised, sigmas, i, old_denoised)``: the latent at σ_{i+1} from ``x`` at σ_i.
+
+    ``denoised`` is the model at γ₁ on ``x`` at σ_i; ``old_denoised`` the history, the final denoised
+    prediction of step ``i − 1`` (``None`` at the first step), which single-step rules ignore.
+    """
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        denoised: torch.Tensor,
+        sigmas: torch.Tensor,
+        i: int,
+        old_denoised: torch.Tensor | None,
+    ) -> torch.Tensor: ...
+
+
+def step_euler(
+    x: torch.Tensor, denoised: torch.Tensor, sigmas: torch.Tensor, i: int, old_denoised: torch.Tensor | None
+) -> torch.Tensor:
+    """Euler step (k-diffusion's ``sample_euler``; on VE sigmas the paper's DDIM step, eq. 2)."""
+    sigma, sigma_next = sigmas[i], sigmas[i + 1]
+    return x + to_d(x, sigma, denoised) * (sigma_next - sigma)
+
+
+def _t(sigma: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver's time ``t = −log σ`` (the negative half log-SNR of a VE level)."""
+    return sigma.log().neg()
+
+
+def _sigma(t: torch.Tensor) -> torch.Tensor:
+    return t.neg().exp()
+
+
+def step_dpmpp_2m(
+    x: torch.Tensor, denoised: torch.Tensor, sigmas: torch.Tensor, i: int, old_denoised: torch.Tensor | None
+) -> torch.Tensor:
+    """DPM-Solver++(2M) step (Lu et al. 2022, Algorithm 2; k-diffusion's ``sample_dpmpp_2m`` update).
+
+    With ``t = −log σ``, ``h = t_{i+1} − t_i``: ``x' = (σ_{i+1}/σ_i)·x − (e^{−h} − 1)·D̂`` where
+    ``D̂ = denoised`` (first order) at the first step and into σ = 0, else the multistep correction
+    ``D̂ = (1 + 1/(2r))·D_i − (1/(2r))·D_{i−1}`` with ``r = h_last/h`` and ``h_last = t_i − t_{i−1}``.
+    The operations are k-diffusion's, in its order, so that ``zigzag_steps=0`` is bit for bit
+    ``sample_dpmpp_2m``.
+
+    Inside a zigzag step (the engine, :func:`moved_history`). The history of step ``i`` is the final
+    denoised prediction of step ``i − 1``, made on the latent that step's last (re-)denoising started
+    from, so it lies on the path that reached σ_i; the first denoise of step ``i`` (on that path, before
+    the inversion) never becomes the history of step ``i + 1``, only the final one does. The
+    re-denoising after an inversion starts again at σ_i and steps to σ_{i+1}, so ``h``, ``h_last`` and
+    ``r`` are those of the plain step. But the inverted latent x̃_i lies off that path, displaced by the
+    zigzag (O(h·(γ₁ − γ₂))): correcting ``D_i(x̃_i)`` with the plain history would extrapolate that
+    displacement too, by the factor 1/(2r) (about 2 on the last steps of DDIM sigmas), and overshoot.
+    The engine therefore moves the history with the latent, ``D_{i−1} + (D_i(x̃_i) − D_i(x_i))``, so the
+    correction is the slope measured on the path where both predictions lie, ``(D_i(x_i) − D_{i−1})/(2r)``,
+    added to the re-denoised prediction (no extra model call).
+    """
+    sigma, sigma_next = sigmas[i], sigmas[i + 1]
+    t, t_next = _t(sigma), _t(sigma_next)
+    h = t_next - t
+    if old_denoised is None or sigma_next == 0:
+        return (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised
+    h_last = t - _t(sigmas[i - 1])
+    r = h_last / h
+    denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+    return (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_d
+
+
+def moved_history(
+    old_denoised: torch.Tensor | None, first: torch.Tensor, denoised: torch.Tensor
+) -> torch.Tensor | None:
+    """The history for re-denoising x̃_i: ``D_{i−1} + (D_i(x̃_i) − D_i(x_i))``, ``first`` = ``D_i(x_i)``.
+
+    It moves the previous prediction by the change the zigzag made to the prediction at σ_i, so a
+    multistep correction sees the slope of the path both predictions lie on (see :func:`step_dpmpp_2m`).
+    """
+    return None if old_denoised is None else old_denoised + (denoised - first)
+
+
 # --- the engine: Algorithm 1 ----------------------------------------------------------------------
 
 
@@ -275,6 +362,7 @@ def _sample_zigzag(
     extra_args: dict[str, Any] | None,
     callback: Callable[[dict[str, Any]], Any] | None,
     disable: bool | None,
+    step: StepRule,
     invert: InversionRule,
     inversion_scale: float,
     zigzag_steps: int | None,
@@ -282,6 +370,7 @@ def _sample_zigzag(
     guidance_interval: GuidanceInterval | tuple[float, float] | None,
     call_at_scale: CallAtScale | None,
     cond_scale: float | None,
+    move_history: bool = True,  # False only for the diagnostic in bench_convergence
 ) -> torch.Tensor:
     extra_args = {} if extra_args is None else extra_args
     _check_sigmas(sigmas)
@@ -315,21 +404,24 @@ def _sample_zigzag(
     def denoise_at_inversion_scale(x_in: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return call_at_scale(model, x_in, sigma * s_in, extra_args, inversion_scale)
 
+    old_denoised = None  # a multistep rule's history: the final denoised prediction of step i − 1
     for i in trange(steps, disable=disable):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        # Algorithm 1, line 5: x_{t−1} = Φ^t(x_t | c, γ₁), a DDIM/Euler step (eq. 2).
+        sigma = sigmas[i]
+        # Algorithm 1, line 5: x_{t−1} = Φ^t(x_t | c, γ₁), a denoising step (eq. 2 or DPM++ 2M).
         denoised = model(x, sigma * s_in, **extra_args)
-        x_next = x + to_d(x, sigma, denoised) * (sigma_next - sigma)
+        x_next = step(x, denoised, sigmas, i, old_denoised)
         if plan[i]:  # line 6: the first λ steps
+            first = denoised
             for _ in range(zigzag_rounds):  # T_max rounds
                 # line 8: x̃_t = Ψ^t(x_{t−1} | c, γ₂), inversion (eq. 4)
                 x = invert(denoise_at_inversion_scale, x_next, sigmas, i)
-                # line 9: x_{t−1} = Φ^t(x̃_t | c, γ₁), denoising again (eq. 2)
+                # line 9: x_{t−1} = Φ^t(x̃_t | c, γ₁), denoising again (σ_i → σ_{i+1}, the history moved along)
                 denoised = model(x, sigma * s_in, **extra_args)
-                x_next = x + to_d(x, sigma, denoised) * (sigma_next - sigma)
+                history = moved_history(old_denoised, first, denoised) if move_history else old_denoised
+                x_next = step(x, denoised, sigmas, i, history)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
-        x = x_next
+        x, old_denoised = x_next, denoised
     return x
 
 
@@ -382,6 +474,7 @@ def sample_zigzag_euler(
         extra_args,
         callback,
         disable,
+        step_euler,
         invert_euler,
         inversion_scale,
         zigzag_steps,
@@ -427,7 +520,56 @@ def sample_zigzag_ddim(
         extra_args,
         callback,
         disable,
+        step_euler,
         rules[inversion_update],
+        inversion_scale,
+        zigzag_steps,
+        zigzag_rounds,
+        guidance_interval,
+        call_at_scale,
+        cond_scale,
+    )
+
+
+@torch.no_grad()
+def sample_zigzag_dpmpp_2m(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    disable: bool | None = None,
+    *,
+    inversion_scale: float = 0.0,
+    zigzag_steps: int | None = None,
+    zigzag_rounds: int = 1,
+    guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
+    call_at_scale: CallAtScale | None = None,
+    cond_scale: float | None = None,
+) -> torch.Tensor:
+    """Z-Sampling with DPM-Solver++(2M) denoising steps and the Euler inversion.
+
+    Step i: denoise σ_i → σ_{i+1} at γ₁ with :func:`step_dpmpp_2m`, whose history is the final denoised
+    prediction of step i − 1. On zigzag steps, T_max times: invert σ_{i+1} → σ_i as
+    :func:`sample_zigzag_euler` does (an Euler step at γ₂ evaluated at the latent's level σ_{i+1}; on VE
+    sigmas the first-order DPM-Solver++ inversion is this same step), then denoise σ_i → σ_{i+1} again,
+    the history moved with the latent (:func:`moved_history`); only the last denoised prediction of the
+    step becomes the next step's history. With ``zigzag_steps=0`` this is k-diffusion's
+    ``sample_dpmpp_2m`` bit for bit.
+
+    Convergence to the T → ∞ limit (``zigzag-kdiff bench convergence``): first order, as the other
+    rules, since the Euler inversion caps it (with an exactly solved inversion it is second order), but
+    with about a third of the Euler rule's error at T = 20.
+    """
+    return _sample_zigzag(
+        model,
+        x,
+        sigmas,
+        extra_args,
+        callback,
+        disable,
+        step_dpmpp_2m,
+        invert_euler,
         inversion_scale,
         zigzag_steps,
         zigzag_rounds,
@@ -439,3 +581,4 @@ def sample_zigzag_ddim(
 
 sample_zigzag_euler.__doc__ += _ZIGZAG_ARGS_DOC  # type: ignore[operator]
 sample_zigzag_ddim.__doc__ += _ZIGZAG_ARGS_DOC  # type: ignore[operator]
+sample_zigzag_dpmpp_2m.__doc__ += _ZIGZAG_ARGS_DOC  # type: ignore[operator]

@@ -1,8 +1,8 @@
 """zigzag-kdiff for ComfyUI: Z-Sampling (zigzag diffusion sampling) and the guidance interval.
 
 Nodes (V3 API): "Zigzag Sampler" (a SAMPLER for SamplerCustom / SamplerCustomAdvanced), "Guidance
-Interval" and "Guidance Interval (Sigmas)" (MODEL patches); loading the pack also adds ``zigzag_euler``
-and ``zigzag_ddim`` to the KSampler and KSamplerSelect dropdowns. The engine is the ``zigzag_kdiff``
+Interval" and "Guidance Interval (Sigmas)" (MODEL patches); loading the pack also adds ``zigzag_euler``,
+``zigzag_ddim`` and ``zigzag_dpmpp_2m`` to the KSampler and KSamplerSelect dropdowns. The engine is the ``zigzag_kdiff``
 package, found installed or in the checkout this folder belongs to (see ``locate.py``).
 """
 

@@ -31,15 +31,19 @@ from zigzag_kdiff import register_k_diffusion
 from zigzag_kdiff import sampling as engine
 from zigzag_kdiff.guidance import GuidanceInterval, check_finite
 
-SAMPLER_NAMES = ("zigzag_euler", "zigzag_ddim")
+SAMPLER_NAMES = ("zigzag_euler", "zigzag_ddim", "zigzag_dpmpp_2m")
 """Names added to the KSampler / KSamplerSelect dropdowns (engine defaults: γ₂ = 0, λ = steps − 1, T_max = 1)."""
 
 RULES = {
     "euler": (engine.sample_zigzag_euler, {}),
     "ddim": (engine.sample_zigzag_ddim, {"inversion_update": "paper"}),
     "ddim_released": (engine.sample_zigzag_ddim, {"inversion_update": "released"}),
+    "dpmpp_2m": (engine.sample_zigzag_dpmpp_2m, {}),
 }
-"""Inversion rules of the Zigzag Sampler node: engine function and its fixed options."""
+"""Rules of the Zigzag Sampler node (denoising step and inversion): engine function and its fixed options."""
+
+FLOW_RULES = ("euler", "dpmpp_2m")
+"""Rules whose inversion (the Euler one) suits flow models (CONST sampling) too."""
 
 GUIDANCE_INTERVAL_KEY = "zigzag_kdiff_guidance_interval"
 """Key of the Guidance Interval patch among the model's ``predict_noise`` wrappers."""
@@ -247,10 +251,10 @@ def resolve_zigzag_steps(
 
 def _check_rule_fits_model(guider: Any, rule: str) -> None:
     model_sampling = getattr(getattr(guider, "inner_model", None), "model_sampling", None)
-    if rule != "euler" and isinstance(model_sampling, comfy.model_sampling.CONST):
+    if rule not in FLOW_RULES and isinstance(model_sampling, comfy.model_sampling.CONST):
         raise ValueError(
             f"rule {rule!r} inverts with the DDIM rule of ε/v-prediction models; this is a flow model "
-            "(CONST sampling): use rule 'euler' (zigzag_euler)"
+            "(CONST sampling): use rule 'euler' (zigzag_euler) or 'dpmpp_2m' (zigzag_dpmpp_2m)"
         )
 
 
@@ -313,17 +317,23 @@ def _dropdown_sampler(name: str, rule: str) -> Callable[..., torch.Tensor]:
 
 sample_zigzag_euler = _dropdown_sampler("zigzag_euler", "euler")
 sample_zigzag_ddim = _dropdown_sampler("zigzag_ddim", "ddim")
+sample_zigzag_dpmpp_2m = _dropdown_sampler("zigzag_dpmpp_2m", "dpmpp_2m")
 
 
 def register_samplers() -> list[str]:
-    """Add ``zigzag_euler`` / ``zigzag_ddim`` to KSampler and KSamplerSelect (idempotent).
+    """Add ``zigzag_euler`` / ``zigzag_ddim`` / ``zigzag_dpmpp_2m`` to KSampler and KSamplerSelect (idempotent).
 
     Sets ``comfy.k_diffusion.sampling.sample_<name>`` (through ``register_k_diffusion``, which refuses a
     foreign attribute before setting anything), then appends the names to ``comfy.samplers.SAMPLER_NAMES``
     and ``comfy.samplers.KSampler.SAMPLERS`` (the same list in ComfyUI) where missing.
     """
     register_k_diffusion(
-        comfy.k_diffusion.sampling, {"zigzag_euler": sample_zigzag_euler, "zigzag_ddim": sample_zigzag_ddim}
+        comfy.k_diffusion.sampling,
+        {
+            "zigzag_euler": sample_zigzag_euler,
+            "zigzag_ddim": sample_zigzag_ddim,
+            "zigzag_dpmpp_2m": sample_zigzag_dpmpp_2m,
+        },
     )
     dropdowns = {id(names): names for names in (comfy.samplers.SAMPLER_NAMES, comfy.samplers.KSampler.SAMPLERS)}
     for names in dropdowns.values():

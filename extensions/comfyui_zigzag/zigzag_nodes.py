@@ -46,8 +46,9 @@ class ZigzagSampler(io.ComfyNode):
                     "rule",
                     options=list(RULES),
                     default="euler",
-                    tooltip="Inversion rule: euler (any model), ddim (the paper's eq. 4, ε/v models), "
-                    "ddim_released (the released code's update).",
+                    tooltip="Zigzag rule: euler (Euler steps and inversion, any model), ddim (the paper's eq. 4, "
+                    "ε/v models), ddim_released (the released code's update), dpmpp_2m (DPM++ 2M steps, Euler "
+                    "inversion, any model).",
                 ),
                 io.Float.Input(
                     "inversion_scale",

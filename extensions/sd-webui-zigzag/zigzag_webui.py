@@ -43,14 +43,14 @@ from zigzag_kdiff.guidance import GuidanceInterval, effective_scale
 
 logger = logging.getLogger("sd-webui-zigzag")
 
-RULES = ("euler", "ddim")
-"""The two zigzag rules of :mod:`zigzag_kdiff.sampling` (``sample_zigzag_euler`` / ``_ddim``)."""
+RULES = ("euler", "ddim", "dpmpp_2m")
+"""The zigzag rules of :mod:`zigzag_kdiff.sampling` (``sample_zigzag_euler`` / ``_ddim`` / ``_dpmpp_2m``)."""
 
-SAMPLER_NAMES = {"euler": "Zigzag Euler", "ddim": "Zigzag (DDIM)"}
+SAMPLER_NAMES = {"euler": "Zigzag Euler", "ddim": "Zigzag (DDIM)", "dpmpp_2m": "Zigzag DPM++ 2M"}
 """Dropdown names. None may end in a scheduler label ("DDIM", "Karras", "Uniform", ...): the webui
 reads "<sampler> <scheduler>" from such a name (``get_sampler_and_scheduler``)."""
 
-SAMPLER_ALIASES = {"euler": ["zigzag_euler"], "ddim": ["zigzag_ddim"]}
+SAMPLER_ALIASES = {"euler": ["zigzag_euler"], "ddim": ["zigzag_ddim"], "dpmpp_2m": ["zigzag_dpmpp_2m"]}
 OPTION_KEY = "zigzag_rule"
 """Key in ``SamplerData.options`` that marks an entry as ours (and names its rule)."""
 
@@ -90,7 +90,8 @@ SETTINGS: tuple[Setting, ...] = (
         "Zigzag steps fraction",
         "slider",
         {"minimum": 0.0, "maximum": 1.0, "step": 0.05},
-        "λ = round(fraction × steps), at most steps − 1; 1 = every step but the last (paper default); 0 = plain Euler",
+        "λ = round(fraction × steps), at most steps − 1; 1 = every step but the last (paper default); "
+        "0 = no zigzag (plain Euler; plain DPM++ 2M for Zigzag DPM++ 2M)",
     ),
     Setting(
         "zigzag_rounds",
@@ -502,7 +503,7 @@ def sample_in_host(
     if zigzags and rule == "ddim" and is_flow_schedule(model):
         raise ValueError(
             f"{SAMPLER_NAMES['ddim']} assumes a variance-preserving (ε or v) model; this model's noise levels "
-            f"stay in [0, 1] (rectified flow): use {SAMPLER_NAMES['euler']}"
+            f"stay in [0, 1] (rectified flow): use {SAMPLER_NAMES['euler']} or {SAMPLER_NAMES['dpmpp_2m']}"
         )
     check_hires_scale(p, settings)
     record_infotext(p, settings)

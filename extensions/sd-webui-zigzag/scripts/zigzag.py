@@ -1,4 +1,4 @@
-"""Webui glue: registers "Zigzag Euler" and "Zigzag (DDIM)", their settings, infotext and X/Y/Z axes.
+"""Webui glue: registers "Zigzag Euler", "Zigzag (DDIM)" and "Zigzag DPM++ 2M", their settings, infotext and X/Y/Z axes.
 
 Runs when the webui imports the extension's scripts (before the UI is built; again on Reload UI).
 All logic is in ``zigzag_webui`` (next to this folder) and the sampling in ``zigzag_kdiff``.
