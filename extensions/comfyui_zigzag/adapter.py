@@ -42,6 +42,9 @@ RULES = {
 GUIDANCE_INTERVAL_KEY = "zigzag_kdiff_guidance_interval"
 """Key of the Guidance Interval patch among the model's ``predict_noise`` wrappers."""
 
+INVERSION_KEY = "zigzag_kdiff_inversion"
+"""``transformer_options`` flag of Zigzag inversion calls (set by :class:`GuiderScaleSwitch`; SEG skips them)."""
+
 
 # --- the guider ----------------------------------------------------------------------------------
 
@@ -97,7 +100,14 @@ class GuiderScaleSwitch:
         self, model: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, scale: float
     ) -> torch.Tensor:
         with guider_scale(self.guider, scale):
-            return model(x, sigma, **extra_args)
+            return model(x, sigma, **mark_inversion(extra_args))
+
+
+def mark_inversion(extra_args: dict) -> dict:
+    """A copy of ``extra_args`` whose ``model_options["transformer_options"]`` carry :data:`INVERSION_KEY`."""
+    options = dict(extra_args.get("model_options", {}))
+    options["transformer_options"] = {**options.get("transformer_options", {}), INVERSION_KEY: True}
+    return {**extra_args, "model_options": options}
 
 
 # --- guidance interval ---------------------------------------------------------------------------
