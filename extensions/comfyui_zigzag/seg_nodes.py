@@ -26,7 +26,6 @@ the per-call options of calls with blurred rows, so other runs (and the unpatche
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 import comfy.ldm.modules.attention
@@ -36,7 +35,8 @@ import torch
 from comfy_api.latest import io
 
 from zigzag_kdiff.guidance import GuidanceInterval, check_finite
-from zigzag_kdiff.seg import LAYER_GROUPS, SEGOptions, blur_queries, select_layers, token_grid
+from zigzag_kdiff.seg import SEGOptions, blur_queries, token_grid
+from zigzag_kdiff.seg_ldm import block_name, ldm_self_attention_layers, select_ldm_layers
 
 from .adapter import INVERSION_KEY, interval_from_percent
 
@@ -47,8 +47,6 @@ BLUR_CHUNK = 2
 LayerKey = tuple[str, int, int]
 """ComfyUI's ``attn1`` patch key: ``(block, block id, transformer index)``, e.g. ``("middle", 0, 0)``."""
 
-_COMFY_NAME = re.compile(r"^(input|middle|output):(\d+)(?:\.(\d+))?$")
-_COMFY_GROUP = {"input": "down", "middle": "mid", "output": "up"}
 SIGMA_MAX = 10000.0
 
 
@@ -56,66 +54,16 @@ SIGMA_MAX = 10000.0
 
 
 def unet_self_attention_layers(diffusion_model: Any) -> dict[str, list[LayerKey]]:
-    """The self-attention layers of a ComfyUI UNet by official group, in the official diffusers order.
-
-    ``input_blocks`` → down, ``middle_block`` → mid, ``output_blocks`` → up; within a group by block id,
-    then transformer index (diffusers' ``down_blocks.i.attentions.j.transformer_blocks.k``).
-    """
-    blocks = {"input": "input_blocks", "middle": "middle_block", "output": "output_blocks"}
-    if not all(hasattr(diffusion_model, name) for name in blocks.values()):
-        raise ValueError(
-            f"Smoothed Energy Guidance needs a UNet with input/middle/output blocks (SD1.x, SD2.x, SDXL); "
-            f"{type(diffusion_model).__name__} has none"
-        )
-    groups: dict[str, list[LayerKey]] = {group: [] for group in LAYER_GROUPS}
-    for block, attribute in blocks.items():
-        modules = getattr(diffusion_model, attribute)
-        sequence = [modules] if block == "middle" else list(modules)
-        for block_id, module in enumerate(sequence):
-            for layer in module:
-                if isinstance(layer, comfy.ldm.modules.attention.SpatialTransformer):
-                    for index, _ in enumerate(layer.transformer_blocks):
-                        groups[_COMFY_GROUP[block]].append((block, block_id, index))
-    return groups
+    """The self-attention layers of a ComfyUI UNet by official group, in the official diffusers order
+    (:func:`zigzag_kdiff.seg_ldm.ldm_self_attention_layers`), as patch keys."""
+    groups = ldm_self_attention_layers(diffusion_model.named_modules())
+    return {group: [block_name(name) for name in names] for group, names in groups.items()}
 
 
 def resolve_layers(diffusion_model: Any, names: str, parameter: str = "seg_applied_layers") -> list[LayerKey]:
-    """The ``attn1`` patch keys ``names`` selects (official and ComfyUI names, comma-separated), in model order.
-
-    ``ValueError`` naming ``parameter`` for an unknown name, a layer the model lacks, or no layer at all.
-    """
-    groups = unet_self_attention_layers(diffusion_model)
-    order = [key for group in LAYER_GROUPS for key in groups[group]]
-    # the official names through the library's own counting, on diffusers-like module names
-    named = [
-        (f"{group}_blocks.{block}.{block_id}.{index}.attn1", None)
-        for group in LAYER_GROUPS
-        for block, block_id, index in groups[group]
-    ]
-    by_name = {name: key for (name, _), key in zip(named, order)}
-    items = [item.strip() for item in str(names).split(",") if item.strip()]
-    official = [item for item in items if not _COMFY_NAME.match(item.lower())]
-    chosen: set[LayerKey] = set()
-    if official:
-        chosen.update(by_name[name] for name in select_layers(named, official, parameter))
-    available = ", ".join(f"{b}:{i}" + (f".{k}" if k else "") for b, i, k in order)
-    for item in items:
-        match = _COMFY_NAME.match(item.lower())
-        if not match:
-            continue
-        block, block_id, index = match.group(1), int(match.group(2)), match.group(3)
-        keys = [key for key in order if key[:2] == (block, block_id) and (index is None or key[2] == int(index))]
-        if not keys:
-            raise ValueError(
-                f"{parameter} names {item!r}, which has no self-attention layer; this model has {available}"
-            )
-        chosen.update(keys)
-    if not chosen:
-        raise ValueError(
-            f"{parameter} must name at least one layer ('mid', 'd0', 'm0', 'u5', or ComfyUI blocks such as "
-            f"'middle:0', 'input:4', 'output:3.1'), got {names!r}"
-        )
-    return [key for key in order if key in chosen]
+    """The ``attn1`` patch keys ``names`` selects (official and ComfyUI names, comma-separated), in model order
+    (:func:`zigzag_kdiff.seg_ldm.select_ldm_layers`; ``ValueError`` naming ``parameter``)."""
+    return [block_name(name) for name in select_ldm_layers(diffusion_model.named_modules(), names, parameter)]
 
 
 def blur_sigma_from_widget(value: float) -> float:
