@@ -48,6 +48,9 @@ OPTION_KEY = "zigzag_rule"
 
 DDIM_UPDATES = ("paper", "released")
 
+INVERSION_ATTR = "zigzag_kdiff_inversion"
+"""Set on the host's ``CFGDenoiser`` during Zigzag inversion calls (read by ``seg_webui``)."""
+
 
 # --- settings -------------------------------------------------------------------------------------
 
@@ -291,7 +294,11 @@ class HostGuidedModel:
         return call_host_at_scale(self.host_model, x, sigma, extra_args, scale)
 
     def call_at_scale(self, model: Any, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, scale: float):
-        return call_host_at_scale(self.host_model, x, sigma, extra_args, scale)
+        setattr(self.host_model, INVERSION_ATTR, True)  # SEG (seg_webui) runs inversion calls without SEG
+        try:
+            return call_host_at_scale(self.host_model, x, sigma, extra_args, scale)
+        finally:
+            setattr(self.host_model, INVERSION_ATTR, False)
 
 
 def is_flow_schedule(host_model: Any) -> bool:
