@@ -15,7 +15,6 @@ import os
 import sys
 
 import gradio as gr
-
 from modules import script_callbacks, scripts
 
 EXTENSION_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
