@@ -25,7 +25,6 @@ the per-call options of calls with blurred rows, so other runs (and the unpatche
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import comfy.ldm.modules.attention
@@ -35,7 +34,7 @@ import torch
 from comfy_api.latest import io
 
 from zigzag_kdiff.guidance import GuidanceInterval, check_finite
-from zigzag_kdiff.seg import SEGOptions, blur_queries, token_grid
+from zigzag_kdiff.seg import DEFAULT_BLUR_SIGMA, SEGOptions, blur_queries, token_grid
 from zigzag_kdiff.seg_ldm import block_name, ldm_self_attention_layers, select_ldm_layers
 
 from .adapter import INVERSION_KEY, interval_from_percent
@@ -67,10 +66,10 @@ def resolve_layers(diffusion_model: Any, names: str, parameter: str = "seg_appli
 
 
 def blur_sigma_from_widget(value: float) -> float:
-    """The node's blur σ: −1 (or any σ > 9999) is the infinite blur; otherwise σ > 0."""
+    """The node's blur σ: −1 is the official infinite blur (9999999), as is any σ > 9999; otherwise σ > 0."""
     sigma = check_finite("seg_blur_sigma", value)
     if sigma == -1.0:
-        return math.inf
+        return DEFAULT_BLUR_SIGMA
     if not sigma > 0:
         raise ValueError(
             f"seg_blur_sigma must be -1 (infinite blur) or > 0 (allowed: -1 or 0 < σ <= {SIGMA_MAX:g}), got {value!r}"

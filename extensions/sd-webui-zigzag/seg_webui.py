@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from zigzag_kdiff.seg import INFINITE_BLUR_THRESHOLD, SEGOptions, SEGState, blur_queries, token_grid
+from zigzag_kdiff.seg import DEFAULT_BLUR_SIGMA, INFINITE_BLUR_THRESHOLD, SEGOptions, SEGState, blur_queries, token_grid
 from zigzag_kdiff.seg_ldm import block_name, select_ldm_layers
 
 INVERSION_ATTR = "zigzag_kdiff_inversion"
@@ -51,10 +51,10 @@ OVERRIDES_ATTR = "zigzag_seg_overrides"
 
 
 def parse_blur_sigma(value: Any, parameter: str = "seg_blur_sigma") -> float:
-    """The UI's blur σ: ``"infinite"`` (or ``inf``, or any σ > 9999) is the infinite blur; else a number > 0."""
+    """The UI's blur σ: ``"infinite"`` (or ``inf``) is the official 9999999; any σ > 9999 is infinite; else σ > 0."""
     text = str(value).strip().lower()
     if text in (INFINITE, "inf", "infinity", "∞"):
-        return math.inf
+        return DEFAULT_BLUR_SIGMA
     try:
         sigma = float(text)
     except ValueError:
