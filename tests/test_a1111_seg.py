@@ -663,3 +663,160 @@ def test_forge_post_cfg_extra_call_blurs_every_row_and_adds_the_seg_term(unet):
     assert sg.forge_is_inversion(p)() is False
     setattr(p.sampler.model_wrap_cfg, sg.INVERSION_ATTR, True)
     assert sg.forge_is_inversion(p)() is True
+
+
+# --- the glue script, imported as the webui imports it ------------------------------------------------------
+
+
+class _Component:
+    def __init__(self, *args, **kwargs) -> None:
+        self.kwargs = kwargs
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _glue(monkeypatch, forge: bool):
+    callbacks: dict[str, list] = {}
+
+    def register(kind):
+        def on(callback, *, name=None):  # script_callbacks.on_cfg_denoiser(callback, *, name=None) in 1.10.1
+            callbacks.setdefault(kind, []).append((name, callback))
+
+        return on
+
+    xyz = types.SimpleNamespace(
+        AxisOption=lambda label, type, apply, confirm=None: types.SimpleNamespace(
+            label=label, type=type, apply=apply, confirm=confirm
+        ),
+        axis_options=[],
+    )
+
+    class Script:  # modules.scripts.Script
+        infotext_fields = None
+
+    fake = {
+        "script_callbacks": types.SimpleNamespace(
+            on_cfg_denoiser=register("cfg_denoiser"),
+            on_cfg_denoised=register("cfg_denoised"),
+            on_cfg_after_cfg=register("cfg_after_cfg"),
+            on_before_ui=lambda f: callbacks.setdefault("before_ui", [f]),
+        ),
+        "scripts": types.SimpleNamespace(
+            Script=Script, AlwaysVisible=object(), scripts_data=[types.SimpleNamespace(module=xyz)]
+        ),
+        "ui_components": types.SimpleNamespace(InputAccordion=_Component),
+    }
+    package = types.ModuleType("modules")
+    for name, module in fake.items():
+        setattr(package, name, module)
+        monkeypatch.setitem(sys.modules, f"modules.{name}", module)
+    monkeypatch.setitem(sys.modules, "modules", package)
+    gradio = types.SimpleNamespace(
+        **{n: _Component for n in ("Row", "Slider", "Dropdown", "Textbox", "Number", "Radio")}
+    )
+    monkeypatch.setitem(sys.modules, "gradio", gradio)
+    if forge:
+        host = {
+            "backend": types.ModuleType("backend"),
+            "backend.attention": types.SimpleNamespace(attention_function=lambda q, k, v, heads: q),
+            "backend.patcher": types.ModuleType("backend.patcher"),
+            "backend.patcher.base": types.SimpleNamespace(set_model_options_patch_replace=lambda *a, **k: a[0]),
+            "backend.sampling": types.ModuleType("backend.sampling"),
+            "backend.sampling.sampling_function": types.SimpleNamespace(calc_cond_uncond_batch=None),
+        }
+        for name, module in host.items():
+            monkeypatch.setitem(sys.modules, name, module)
+    else:
+        monkeypatch.setitem(sys.modules, "backend", None)  # A1111: no Forge backend
+    spec = importlib.util.spec_from_file_location("seg.py", EXTENSION_DIR / "scripts" / "seg.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, callbacks, xyz
+
+
+def test_glue_registers_once_builds_the_accordion_and_runs_a1111_seg(monkeypatch, unet):
+    glue, callbacks, xyz = _glue(monkeypatch, forge=False)
+    assert glue.FORGE_HOST is None
+    assert {k: len(v) for k, v in callbacks.items()} == {
+        "cfg_denoiser": 1,
+        "cfg_denoised": 1,
+        "cfg_after_cfg": 1,
+        "before_ui": 1,
+    }
+    callbacks["before_ui"][0]()
+    assert [a.label for a in xyz.axis_options] == ["SEG scale", "SEG blur sigma", "SEG layers"]
+    script = glue.Script()
+    components = script.ui(is_img2img=False)
+    assert len(components) == len(sg.args_in_order()) == len(script.infotext_fields)
+    pasted = {"SEG scale": "4.5", "SEG blur sigma": "16", "SEG layers": "m0"}
+    assert [f(pasted) for _, f in script.infotext_fields][:4] == [True, 4.5, "16", "m0"]
+
+    p = types.SimpleNamespace(
+        sd_model=types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=unet)),
+        extra_generation_params={},
+        is_hr_pass=False,
+    )
+    dispatch = Callbacks(
+        types.SimpleNamespace(
+            **{
+                method: (lambda params, kind=kind: callbacks[kind][0][1](params))
+                for method, kind in [
+                    ("on_cfg_denoiser", "cfg_denoiser"),
+                    ("on_cfg_denoised", "cfg_denoised"),
+                    ("on_cfg_after_cfg", "cfg_after_cfg"),
+                ]
+            }
+        )
+    )
+    x, sigma, uncond, cond, image_cond = inputs()
+    inner = CompVisDenoiser(unet)
+    script.process(p, True, 3.0)
+    script.process_before_every_sampling(p, True, 3.0, "infinite", "mid")
+    assert p.extra_generation_params == {"SEG scale": 3.0, "SEG blur sigma": "infinite", "SEG layers": "mid"}
+    guided, _ = a1111_forward(inner, x, sigma, uncond, cond, 5.0, image_cond, dispatch)
+    assert inner.calls == [3] and glue.ACTIVE["run"] is not None
+    script.postprocess(p, None, True, 3.0)
+    assert glue.ACTIVE["run"] is None and not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
+    inner.calls.clear()
+    plain, _ = a1111_forward(inner, x, sigma, uncond, cond, 5.0, image_cond, dispatch)
+    assert inner.calls == [2] and not torch.allclose(plain, guided)  # after the generation: the host's own path
+    script.process_before_every_sampling(p, False, 3.0)  # SEG off: nothing installed
+    assert glue.ACTIVE["run"] is None
+    with pytest.raises(ValueError, match="seg_applied_layers"):
+        script.process_before_every_sampling(p, True, 3.0, "infinite", "u9")
+    assert glue.ACTIVE["run"] is None and not any(m._forward_hooks for m in unet.modules())
+
+
+def test_glue_on_forge_patches_a_clone_of_forge_objects_unet(monkeypatch, unet):
+    glue, callbacks, _ = _glue(monkeypatch, forge=True)
+    assert glue.FORGE_HOST is not None
+
+    class UnetPatcher:
+        def __init__(self):
+            self.model = types.SimpleNamespace(diffusion_model=unet)
+            self.model_options = {"transformer_options": {}}
+
+        def clone(self):
+            clone = UnetPatcher()
+            clone.model_options = dict(self.model_options)
+            return clone
+
+        def set_model_sampler_post_cfg_function(self, function, disable_cfg1_optimization=False):
+            self.model_options["sampler_post_cfg_function"] = [function]
+
+    original = UnetPatcher()
+    p = types.SimpleNamespace(
+        sd_model=types.SimpleNamespace(forge_objects=types.SimpleNamespace(unet=original)),
+        extra_generation_params={},
+        is_hr_pass=True,
+    )
+    glue.Script().process_before_every_sampling(p, True, 3.0, "8", "mid", 0.0, 0.0, sg.HIRES_OWN, 1.5, "2")
+    patched = p.sd_model.forge_objects.unet
+    assert patched is not original and "sampler_post_cfg_function" not in original.model_options
+    (post,) = patched.model_options["sampler_post_cfg_function"]
+    assert post.options.seg_scale == 1.5 and post.options.seg_blur_sigma == 2.0  # the hires pass's own settings
+    assert glue.ACTIVE["run"] is None  # no A1111 callbacks on Forge
