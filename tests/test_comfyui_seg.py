@@ -40,6 +40,7 @@ class RowLog:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.step_ends: list[int] = []
+        self.fail_at: int | None = None  # raise inside this call (1-based), to test state after errors
 
     def reset(self) -> None:
         self.calls.clear()
@@ -52,6 +53,8 @@ class RowLog:
             rows[chunk] += args["input"].shape[0] // len(chunks)
         inversion = bool(args["c"]["transformer_options"].get(INVERSION_KEY))
         self.calls.append(Call(tuple(rows), float(args["timestep"].max()), inversion))
+        if self.fail_at == len(self.calls):
+            raise RuntimeError("failure inside a UNet call")
         return apply_model(args["input"], args["timestep"], **args["c"])
 
     def __deepcopy__(self, memo: dict) -> RowLog:
@@ -256,6 +259,26 @@ def test_no_leak_into_a_later_run_without_the_node(seg):
     assert "patches_replace" not in seg.model.model_options.get("transformer_options", {})
     after = ksampler(seg, seg.model)
     assert torch.equal(before, after) and all(call.rows[2] == 0 for call in seg.log.calls)
+
+
+def test_an_error_or_interrupt_inside_a_blurred_call_leaves_nothing_behind(seg):
+    import comfy.model_management as mm
+
+    patched = seg_model(seg, layers=ALL_LAYERS)
+    expected, plain = ksampler(seg, patched), ksampler(seg, seg.model)
+    seg.log.fail_at = 2
+    try:
+        with pytest.raises(RuntimeError, match="failure inside a UNet call"):
+            ksampler(seg, patched)
+        assert seg.log.calls[-1].rows == (1, 1, 1)
+    finally:
+        seg.log.fail_at = None
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        ksampler(seg, patched)
+    assert not mm.processing_interrupted()
+    assert torch.equal(ksampler(seg, seg.model), plain) and all(call.rows[2] == 0 for call in seg.log.calls)
+    assert torch.equal(ksampler(seg, patched), expected)
 
 
 def test_survives_model_cloning_and_later_patches(seg):
