@@ -246,7 +246,9 @@ def select_layers(
     """
     parsed = parse_layer_names(names, parameter)
     groups = self_attention_layers(named_modules)
-    available = ", ".join(f"{len(groups[g])} {g} (indices 0–{len(groups[g]) - 1})" for g in LAYER_GROUPS)
+    available = ", ".join(
+        f"{len(groups[g])} {g}" + (f" (indices 0–{len(groups[g]) - 1})" if groups[g] else "") for g in LAYER_GROUPS
+    )
     chosen: set[str] = set()
     for layer in parsed:
         members = groups[layer.group]
