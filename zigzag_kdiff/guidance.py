@@ -132,6 +132,13 @@ class CFGDenoiser(nn.Module):
     * ``s == 0``: one call on the unconditional branch only;
     * otherwise: one batched call on ``[uncond, cond]`` (the released code's order).
 
+    Smoothed Energy Guidance (:mod:`zigzag_kdiff.seg`): with ``seg_scale > 0`` (a keyword of ``forward``,
+    i.e. of ``extra_args``) and a ``seg_state`` whose attention processors are installed, it returns
+    ``D_u + s·(D_c − D_u) + s_seg·(D_c − D_c^blur)`` from one call on ``[uncond, cond, cond_blur]``
+    (``[cond, cond_blur]`` at ``s == 1``), the blurred row only for σ inside ``seg_interval``. With
+    ``seg_scale == 0`` nothing changes (bit for bit). ``inversion_seg_scale`` is read by
+    :func:`~zigzag_kdiff.sampling.call_with_cond_scale` for Z-Sampling's inversion calls (default 0).
+
     ``cond``/``uncond`` is either a tensor (passed to the inner denoiser as ``cond=``) or a mapping of
     keyword arguments (e.g. ``{"encoder_hidden_states": ..., "added_cond_kwargs": {...}}`` for SDXL's
     pooled embeddings and time ids); nested tensors are batched per branch. Tensors with batch size 1
@@ -140,6 +147,8 @@ class CFGDenoiser(nn.Module):
     Args:
         inner_model: a k-diffusion denoiser ``D(x, sigma, **kwargs)``.
         guidance_interval: optional ``(sigma_low, sigma_high)``; outside it the scale is 1.
+        seg_state: the :class:`~zigzag_kdiff.seg.SEGState` of installed SEG attention (needed for ``seg_scale > 0``).
+        seg_interval: optional ``(sigma_low, sigma_high)``; outside it no blurred row (``seg_scale`` 0).
     """
 
     def __init__(

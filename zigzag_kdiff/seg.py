@@ -246,7 +246,9 @@ def select_layers(
     """
     parsed = parse_layer_names(names, parameter)
     groups = self_attention_layers(named_modules)
-    available = ", ".join(f"{len(groups[g])} {g} (indices 0–{len(groups[g]) - 1})" for g in LAYER_GROUPS)
+    available = ", ".join(
+        f"{len(groups[g])} {g}" + (f" (indices 0–{len(groups[g]) - 1})" if groups[g] else "") for g in LAYER_GROUPS
+    )
     chosen: set[str] = set()
     for layer in parsed:
         members = groups[layer.group]
@@ -378,7 +380,6 @@ class SEGState:
         self.blur_sigma = float(blur_sigma)
         self.blur_rows: slice | None = None
         self.latent_size: tuple[int, int] | None = None
-        self.blurred_calls = 0  # layer evaluations that blurred queries (for tests and cost tables)
 
     @contextmanager
     def blurring(self, rows: slice) -> Iterator[None]:
@@ -483,7 +484,6 @@ class SEGAttnProcessor:
         flat = query.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim)
         flat = blur_queries(flat, grid[0], grid[1], self.state.blur_sigma)
         query = flat.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        self.state.blurred_calls += 1
         hidden_states = F.scaled_dot_product_attention(
             query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
         )
