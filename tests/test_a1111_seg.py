@@ -316,7 +316,7 @@ def test_blurred_rows_ride_in_the_same_batch_and_the_combination_is_the_librarys
     inner.calls.clear()
     guided, x_out = a1111_forward(inner, x, sigma, uncond, cond, 5.0, image_cond, Callbacks(run))
     assert inner.calls == [3 * batch] and run.rows_per_call == [3 * batch]  # [cond, cond_blur, uncond]
-    assert run.state.blurred_calls == 3 and not run.handles  # 3 layers blurred once; hooks gone after the call
+    assert run.blurred_layer_calls == 3 and not run.handles  # 3 layers blurred once; hooks gone after the call
     cond_d, blur_d, uncond_d = x_out[:batch], x_out[batch : 2 * batch], x_out[2 * batch :]
     assert torch.equal(guided, combine(uncond_d, cond_d, blur_d, 5.0, 3.0))  # bit for bit
     assert (guided - plain).abs().max() > 1e-2
@@ -481,7 +481,7 @@ def test_non_square_grid_blur_matches_the_library(unet):
     run = run_for(unet, seg_blur_sigma="1.5", seg_applied_layers="d1")
     assert run.layers[0][0] == "input_blocks.3.1.transformer_blocks.0.attn1"  # d1: the second down layer
     guided, x_out = a1111_forward(CompVisDenoiser(unet), x, sigma, uncond, cond, 5.0, image_cond, Callbacks(run))
-    assert guided.shape == x.shape and torch.isfinite(guided).all() and run.state.blurred_calls == 1
+    assert guided.shape == x.shape and torch.isfinite(guided).all() and run.blurred_layer_calls == 1
     assert run.state.latent_size == (7, 11) and run.state.grid(4 * 6) == (4, 6)  # 7×11 halved, rounding up
     # the to_q hook blurs exactly the blurred rows, on the layer's true 4×6 grid
     q = torch.randn(3, 24, 16)

@@ -274,6 +274,7 @@ class A1111SEG:
         self.offset = 0
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self.rows_per_call: list[int] = []  # batch rows of each UNet call with blurred rows (cost tables)
+        self.blurred_layer_calls = 0  # layer evaluations that blurred queries
         self._noted = False
 
     def on_cfg_denoiser(self, params: Any) -> None:
@@ -332,7 +333,7 @@ class A1111SEG:
             return None
         height, width = self.state.grid(output.shape[1])
         blurred = blur_queries(output[rows], height, width, self.state.blur_sigma)
-        self.state.blurred_calls += 1
+        self.blurred_layer_calls += 1
         return torch.cat([output[: rows.start], blurred, output[rows.stop :]])
 
     def remove_hooks(self) -> None:
