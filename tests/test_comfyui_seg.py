@@ -281,6 +281,28 @@ def test_an_error_or_interrupt_inside_a_blurred_call_leaves_nothing_behind(seg):
     assert torch.equal(ksampler(seg, patched), expected)
 
 
+def test_another_nodes_batch_function_runs_unchanged_and_seg_adds_one_call(seg):
+    import comfy.samplers
+
+    seen = []
+
+    def other_node(args):  # e.g. another extension's sampler_calc_cond_batch_function
+        seen.append(len(args["conds"]))
+        return comfy.samplers.calc_cond_batch(
+            args["model"], args["conds"], args["input"], args["sigma"], args["model_options"]
+        )
+
+    base = seg.model.clone()
+    base.set_model_sampler_calc_cond_batch_function(other_node)
+    same_batch = ksampler(seg, seg_model(seg, layers=ALL_LAYERS))
+    extra_call = ksampler(seg, seg_model(seg, model=base, layers=ALL_LAYERS))
+    assert [call.rows for call in seg.log.calls] == [(1, 1, 0), (0, 0, 1)] * STEPS and seen == [2] * STEPS
+    # the same guidance up to float32 rounding of other batch compositions (far below SEG's own effect)
+    assert (extra_call - same_batch).abs().max() < 1e-5 * same_batch.abs().max()
+    again = seg_model(seg, model=seg_model(seg, model=base), scale=0.0)  # SEG removed: the other node stays
+    assert again.model_options["sampler_calc_cond_batch_function"] is other_node
+
+
 def test_survives_model_cloning_and_later_patches(seg):
     patched = seg_model(seg, layers=ALL_LAYERS)
     expected = ksampler(seg, patched)
