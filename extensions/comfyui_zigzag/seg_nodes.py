@@ -15,7 +15,7 @@ module maps them onto ComfyUI's UNet and sampling hooks:
 * **Combination.** A ``sampler_post_cfg_function`` adds ``s_seg·(D_c − D_c^blur)`` to ComfyUI's CFG
   result (:func:`zigzag_kdiff.seg.combine`'s SEG term; with plain CFG the sum is exactly ``combine``).
 * **Layers.** The official names (``down``/``mid``/``up``, ``d0``, ``m0``, ``u5``) count self-attention
-  layers as the official diffusers UNet does (:func:`zigzag_kdiff.seg.select_layers`); ComfyUI block
+  layers as the official diffusers UNet does (:func:`zigzag_kdiff.seg_ldm.select_ldm_layers`); ComfyUI block
   names ``input:4``, ``middle:0``, ``output:3`` (a whole block) or ``input:4.1`` (transformer 1 of it)
   name them as ComfyUI's ``transformer_options`` do.
 
