@@ -202,6 +202,9 @@ class CompVisDenoiser(nn.Module):
 class HostDenoiser:
     """A1111's ``CFGDenoiser`` as far as the callbacks see it (``params.denoiser``)."""
 
+    mask = nmask = init_latent = None
+    mask_before_denoising = False
+
 
 class Callbacks:
     def __init__(self, run=None) -> None:
@@ -280,6 +283,9 @@ def a1111_forward(
     scale = 1.0 if skip_uncond else cond_scale
     for i in range(batch):
         denoised[i] += (x_out[i] - denoised_uncond[i]) * (1.0 * scale)
+    host = params.denoiser
+    if getattr(host, "mask", None) is not None and not host.mask_before_denoising:  # img2img / inpainting blend
+        denoised = denoised * host.nmask + host.init_latent * host.mask
     after = AfterCFGCallbackParams(denoised, 0, 6)
     callbacks("on_cfg_after_cfg", after)
     return after.x, x_out
@@ -377,6 +383,26 @@ def test_host_batching_modes_blur_exactly_the_blurred_rows(unet, mode):
         torch.testing.assert_close(guided, combine(None, ref_out[:2], ref_out[2:4], 1.0, 3.0), atol=1e-5, rtol=1e-5)
     else:
         torch.testing.assert_close(guided, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_inpainting_keeps_the_masked_out_region(unet):
+    """A1111 blends ``init·mask`` back before ``cfg_after_cfg``: the SEG term must not touch the kept region."""
+    x, sigma, uncond, cond, image_cond = inputs(1, 8, 8)
+    host = HostDenoiser()
+    host.mask = torch.zeros(1, 1, 8, 8)
+    host.mask[..., 4:] = 1.0  # keep the right half
+    host.nmask, host.init_latent = 1 - host.mask, torch.randn(1, 4, 8, 8)
+    guided, x_out = a1111_forward(
+        CompVisDenoiser(unet), x, sigma, uncond, cond, 5.0, image_cond, Callbacks(run_for(unet)), denoiser=host
+    )
+    assert torch.equal(guided[..., 4:], host.init_latent[..., 4:])
+    unblended = combine(x_out[2:], x_out[:1], x_out[1:2], 5.0, 3.0)
+    torch.testing.assert_close(guided[..., :4], unblended[..., :4])
+    host.mask_before_denoising = True  # then the host blends the input, not the output: the term is added as is
+    guided, x_out = a1111_forward(
+        CompVisDenoiser(unet), x, sigma, uncond, cond, 5.0, image_cond, Callbacks(run_for(unet)), denoiser=host
+    )
+    assert torch.equal(guided, combine(x_out[2:], x_out[:1], x_out[1:2], 5.0, 3.0))
 
 
 def test_off_outside_the_interval_and_in_inversion_calls(unet):

@@ -273,6 +273,7 @@ class A1111SEG:
         self.blur_scale = 0.0
         self.offset = 0
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.denoiser: Any = None  # the host's CFGDenoiser of the current call (inversion flag, inpainting mask)
         self.rows_per_call: list[int] = []  # batch rows of each UNet call with blurred rows (cost tables)
         self.blurred_layer_calls = 0  # layer evaluations that blurred queries
         self._noted = False
@@ -280,7 +281,7 @@ class A1111SEG:
     def on_cfg_denoiser(self, params: Any) -> None:
         """``CFGDenoiserParams``: insert the blurred rows between cond and uncond; hooks for this call."""
         self.remove_hooks()
-        self.pending, self.cond_rows = None, None
+        self.pending, self.cond_rows, self.denoiser = None, None, params.denoiser
         if getattr(params.denoiser, INVERSION_ATTR, False):
             return
         scale = self.options.scale_at(params.sigma.max())
@@ -309,12 +310,21 @@ class A1111SEG:
         self.pending = (params.x[:n].clone(), params.x[n : 2 * n].clone())
 
     def on_cfg_after_cfg(self, params: Any) -> None:
-        """``AfterCFGCallbackParams``: ``x ← x + s_seg·(D_c − D_c^blur)``."""
+        """``AfterCFGCallbackParams``: ``x ← x + s_seg·(D_c − D_c^blur)``.
+
+        In img2img/inpainting A1111 has already blended the kept region back (``x·nmask + init·mask``,
+        unless ``mask_before_denoising``); the term is then added where the image is regenerated only,
+        which equals combining first and blending after.
+        """
         pending, self.pending, self.cond_rows = self.pending, None, None
         if pending is None:
             return
         cond, blurred = pending
-        params.x = params.x + (cond - blurred) * self.blur_scale
+        term = (cond - blurred) * self.blur_scale
+        denoiser = self.denoiser
+        if getattr(denoiser, "mask", None) is not None and not getattr(denoiser, "mask_before_denoising", False):
+            term = term * denoiser.nmask
+        params.x = params.x + term
 
     def _unet_call(self, module: Any, args: tuple, kwargs: dict) -> None:
         """Which rows of this UNet call (the host may split the batch in row order) are blurred."""
