@@ -405,6 +405,26 @@ def test_inpainting_keeps_the_masked_out_region(unet):
     assert torch.equal(guided, combine(x_out[2:], x_out[:1], x_out[1:2], 5.0, 3.0))
 
 
+def test_refiner_switch_moves_the_hooks_to_the_new_unet(unet):
+    x, sigma, uncond, cond, image_cond = inputs()
+    refiner, small = TinyLDMUNet(), nn.Module()
+    current = {"unet": unet}
+    notes = []
+    run = sg.A1111SEG(
+        SEGOptions(seg_applied_layers=("d2",)), unet, notify=notes.append, current_unet=lambda: current["unet"]
+    )
+    a1111_forward(CompVisDenoiser(unet), x, sigma, uncond, cond, 5.0, image_cond, Callbacks(run))
+    current["unet"] = refiner
+    inner = CompVisDenoiser(refiner)
+    a1111_forward(inner, x, sigma, uncond, cond, 5.0, image_cond, Callbacks(run))
+    assert inner.calls == [3] and run.layers[0][1] is dict(refiner.named_modules())[run.layers[0][0]]
+    assert run.blurred_layer_calls == 2
+    current["unet"] = small  # a model without that layer: SEG off, noted once, no rows added
+    inner = CompVisDenoiser(refiner)
+    a1111_forward(inner, x, sigma, uncond, cond, 5.0, image_cond, Callbacks(run))
+    assert inner.calls == [2] and len(notes) == 1 and "switched model" in notes[0]
+
+
 def test_off_outside_the_interval_and_in_inversion_calls(unet):
     x, sigma, uncond, cond, image_cond = inputs()
     inner = CompVisDenoiser(unet)
@@ -735,6 +755,7 @@ def _glue(monkeypatch, forge: bool):
             Script=Script, AlwaysVisible=object(), scripts_data=[types.SimpleNamespace(module=xyz)]
         ),
         "ui_components": types.SimpleNamespace(InputAccordion=_Component),
+        "shared": types.SimpleNamespace(sd_model=None),  # modules.shared.sd_model: the loaded model
     }
     package = types.ModuleType("modules")
     for name, module in fake.items():
@@ -798,6 +819,7 @@ def test_glue_registers_once_builds_the_accordion_and_runs_a1111_seg(monkeypatch
             }
         )
     )
+    sys.modules["modules.shared"].sd_model = p.sd_model
     x, sigma, uncond, cond, image_cond = inputs()
     inner = CompVisDenoiser(unet)
     script.process(p, True, 3.0)

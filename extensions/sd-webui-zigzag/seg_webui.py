@@ -253,6 +253,8 @@ class A1111SEG:
 
     Layout per call: ``[cond (n rows), cond_blur (n rows), uncond (n rows)]`` where ``n`` is the batch
     size; images with AND-prompts (several conds) or an edit model's layout run without SEG (noted once).
+    ``current_unet`` (e.g. ``lambda: shared.sd_model.model.diffusion_model``) is asked at every call, so
+    after A1111's refiner switch the hooks go on the refiner's layers (a refiner without them: SEG off, noted).
     """
 
     def __init__(
@@ -261,11 +263,13 @@ class A1111SEG:
         diffusion_model: torch.nn.Module,
         layer_names: str | None = None,
         notify: Callable[[str], None] | None = None,
+        current_unet: Callable[[], torch.nn.Module] | None = None,
     ) -> None:
-        names = ",".join(options.seg_applied_layers) if layer_names is None else layer_names
-        self.layers = chosen_attn1(diffusion_model, names)
+        self.layer_names = ",".join(options.seg_applied_layers) if layer_names is None else layer_names
+        self.layers = chosen_attn1(diffusion_model, self.layer_names)
         self.options = options
         self.diffusion_model = diffusion_model
+        self.current_unet = current_unet
         self.state = SEGState(options.seg_blur_sigma)
         self.notify = notify
         self.handles: list[Any] = []
@@ -286,6 +290,8 @@ class A1111SEG:
             return
         scale = self.options.scale_at(params.sigma.max())
         if scale == 0.0:
+            return
+        if not self._follow_model_switch():
             return
         batch, conds = _rows(params.text_uncond), _rows(params.text_cond)
         if conds != batch or params.x.shape[0] != conds + batch:
@@ -325,6 +331,19 @@ class A1111SEG:
         if getattr(denoiser, "mask", None) is not None and not getattr(denoiser, "mask_before_denoising", False):
             term = term * denoiser.nmask
         params.x = params.x + term
+
+    def _follow_model_switch(self) -> bool:
+        """Re-resolve the layers if the host now samples with another UNet; False if it lacks them."""
+        unet = self.current_unet() if self.current_unet is not None else self.diffusion_model
+        if unet is self.diffusion_model:
+            return bool(self.layers)
+        self.diffusion_model = unet
+        try:
+            self.layers = chosen_attn1(unet, self.layer_names)
+        except ValueError as error:
+            self.layers = []
+            self._note(f"SEG off for the switched model: {error}")
+        return bool(self.layers)
 
     def _unet_call(self, module: Any, args: tuple, kwargs: dict) -> None:
         """Which rows of this UNet call (the host may split the batch in row order) are blurred."""

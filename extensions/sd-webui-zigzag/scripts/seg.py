@@ -132,8 +132,14 @@ class Script(scripts.Script):
                 unet, options, FORGE_HOST, sg.forge_is_inversion(p), seg_args.seg_applied_layers
             )
         else:
+            from modules import shared
+
             ACTIVE["run"] = sg.A1111SEG(
-                options, p.sd_model.model.diffusion_model, seg_args.seg_applied_layers, notify=print
+                options,
+                p.sd_model.model.diffusion_model,
+                seg_args.seg_applied_layers,
+                notify=print,
+                current_unet=lambda: shared.sd_model.model.diffusion_model,  # the refiner switch swaps it
             )
 
     def postprocess(self, p, processed, *args):
