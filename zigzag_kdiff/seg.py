@@ -56,6 +56,7 @@ __all__ = [
     "blur_kernel_size",
     "blur_queries",
     "combine",
+    "effective_seg_scale",
     "is_infinite_blur",
     "parse_layer_names",
     "seg_attention",
@@ -289,7 +290,7 @@ class SEGOptions:
     seg_scale: float = 3.0
     seg_blur_sigma: float = DEFAULT_BLUR_SIGMA
     seg_applied_layers: tuple[str, ...] = ("mid",)
-    seg_interval: SEGInterval | None = None
+    seg_interval: SEGInterval | tuple[float, float] | None = None
     inversion_seg_scale: float = 0.0
     layers: tuple[LayerName, ...] = field(init=False, repr=False, compare=False)
 
