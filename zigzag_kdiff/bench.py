@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from torch import nn
 
 from .guidance import CallCounter, CFGDenoiser
 from .sampling import sample_zigzag_ddim, sample_zigzag_dpmpp_2m, sample_zigzag_euler
+from .seg import seg_attention
 
 
 class ModelTimer(nn.Module):
@@ -56,6 +58,13 @@ class Method:
     zigzag_steps: int | None = None
     interval: tuple[float, float] | None = None
     seeds: int | None = None
+    # Smoothed Energy Guidance (``bench shapes --seg``; zigzag_kdiff.seg): s_seg (0 = off), σ_blur, layers,
+    # SEG interval, s_seg of Z-Sampling's inversion calls
+    seg_scale: float = 0.0
+    seg_blur_sigma: float = 9999999.0
+    seg_layers: tuple[str, ...] = ("mid",)
+    seg_interval: tuple[float, float] | None = None
+    inversion_seg_scale: float = 0.0
 
     @property
     def lam(self) -> int:
@@ -74,15 +83,29 @@ class Method:
         parts.append(f"T={self.steps}")
         if self.interval is not None:
             parts.append(f"interval [{self.interval[0]:g}, {self.interval[1]:g}]")
+        if self.seg_scale > 0:
+            blur = "∞" if self.seg_blur_sigma > 9999 else f"{self.seg_blur_sigma:g}"
+            parts.append(f"+ SEG {self.seg_scale:g} σ={blur} {','.join(self.seg_layers)}")
+            if self.seg_interval is not None:
+                parts.append(f"SEG interval [{self.seg_interval[0]:g}, {self.seg_interval[1]:g}]")
+            if self.inversion_seg_scale > 0:
+                parts.append(f"inversion SEG {self.inversion_seg_scale:g}")
         return " ".join(parts)
+
+    def seg_settings(self) -> tuple:
+        """The SEG part of :meth:`settings` (empty when SEG is off, so those keys are unchanged)."""
+        if self.seg_scale == 0:
+            return ()
+        seg = (self.seg_scale, self.seg_blur_sigma, self.seg_layers, self.seg_interval, self.inversion_seg_scale)
+        return (("seg",) + seg,)
 
     def settings(self) -> tuple:
         """What determines the samples (``family`` and ``seeds`` do not): runs with equal settings are shared."""
         if self.lam == 0:
             if self.rule == "dpmpp_2m":
-                return ("standard dpmpp_2m", self.scale, self.steps, self.interval)
-            return ("standard", self.scale, self.steps, self.interval)
-        return (self.rule, self.scale, self.steps, self.inversion_scale, self.lam, self.interval)
+                return ("standard dpmpp_2m", self.scale, self.steps, self.interval) + self.seg_settings()
+            return ("standard", self.scale, self.steps, self.interval) + self.seg_settings()
+        return (self.rule, self.scale, self.steps, self.inversion_scale, self.lam, self.interval) + self.seg_settings()
 
 
 ZIGZAG_SAMPLERS = {"euler": sample_zigzag_euler, "ddim": sample_zigzag_ddim, "dpmpp_2m": sample_zigzag_dpmpp_2m}
@@ -138,6 +161,16 @@ def cost_methods(k_sampling: Any, steps: int) -> dict[str, Callable[..., torch.T
         "zigzag euler γ₂=0 T_max=2": zigzag(sample_zigzag_euler, inversion_scale=0.0, zigzag_rounds=2),
         f"zigzag euler γ₂=0 λ={steps // 2}": zigzag(sample_zigzag_euler, inversion_scale=0.0, zigzag_steps=steps // 2),
         "zigzag euler γ₂=0 interval": zigzag(sample_zigzag_euler, inversion_scale=0.0, guidance_interval=(0.28, 5.42)),
+        # Smoothed Energy Guidance (s_seg = 3, mid, infinite blur): a blurred cond row in the same batch
+        "Euler + SEG": lambda model, x, sigmas, args: k_sampling.sample_euler(
+            model, x, sigmas, {**args, "seg_scale": 3.0}, disable=True
+        ),
+        "zigzag euler γ₂=0 + SEG": lambda model, x, sigmas, args: sample_zigzag_euler(
+            model, x, sigmas, {**args, "seg_scale": 3.0}, disable=True
+        ),
+        "zigzag euler γ₂=0 + SEG in inversions": lambda model, x, sigmas, args: sample_zigzag_euler(
+            model, x, sigmas, {**args, "seg_scale": 3.0, "inversion_seg_scale": 3.0}, disable=True
+        ),
     }
 
 
@@ -149,7 +182,8 @@ def run_cost(steps: int = 50, repeats: int = 3, batch: int = 1) -> list[CostRow]
 
     torch.set_num_threads(1)
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2
-    timer = ModelTimer(UNetEps(tiny_unet()))
+    unet = tiny_unet()
+    timer = ModelTimer(UNetEps(unet))
     counter = CallCounter(DiscreteEpsDDPMDenoiser(timer, torch.cumprod(1 - betas, 0), quantize=True))
     model = CFGDenoiser(counter)
     sigmas = counter.inner_model.get_sigmas(steps)
@@ -166,7 +200,9 @@ def run_cost(steps: int = 50, repeats: int = 3, batch: int = 1) -> list[CostRow]
                 counter.reset()
                 timer.seconds = 0.0
                 start = time.perf_counter()
-                sample(model, x, sigmas, args)
+                with seg_attention(unet, ["mid"]) if "SEG" in name else nullcontext() as state:  # SEG rows only
+                    model.seg_state = state
+                    sample(model, x, sigmas, args)
                 walls[name].append(time.perf_counter() - start)
                 models[name].append(timer.seconds)
                 counts[name] = (counter.calls, counter.rows)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from . import shapes
 from .bench import Method, sample_method, save_figure
 from .guidance import CallCounter, CFGDenoiser
 from .sampling import ddim_sigmas
+from .seg import seg_attention
 
 __all__ = [
     "Config",
@@ -118,6 +120,28 @@ def variant_methods(config: Config) -> list[Method]:
     return out
 
 
+def seg_methods(config: Config) -> list[Method]:
+    """``bench shapes --seg``: Smoothed Energy Guidance (official defaults: s_seg = 3, infinite blur, mid) with
+    CFG at the reference γ₁ and alone (CFG 1), a finite blur, all self-attention layers, a SEG interval, and
+    with Z-Sampling (inversion calls without SEG, and with), each beside the same sampler without SEG."""
+    T, ref, rule = config.steps, config.reference_scale, config.rule
+    seg = {"seg_scale": 3.0}
+    every = {"seg_layers": ("down", "mid", "up"), **seg}
+    return [
+        Method("standard", "standard", ref, T),
+        Method("SEG", "standard", ref, T, **seg),
+        Method("SEG", "standard", ref, T, seg_blur_sigma=1.0, **seg),
+        Method("SEG", "standard", ref, T, **every),
+        Method("SEG", "standard", ref, T, seg_interval=config.interval, **every),
+        Method("standard", "standard", 1.0, T),
+        Method("SEG", "standard", 1.0, T, **seg),
+        Method(f"Z-Sampling {rule} γ₂=0", rule, ref, T),
+        Method("Z-Sampling + SEG", rule, ref, T, **seg),
+        Method("Z-Sampling + SEG", rule, ref, T, **every),
+        Method("Z-Sampling + SEG", rule, ref, T, inversion_seg_scale=3.0, **every),
+    ]
+
+
 # --- the model ----------------------------------------------------------------------------------------
 
 
@@ -187,20 +211,25 @@ def generate(
     """Images in [0, 1] for unit ``noise`` ``[n, 3, 16, 16]`` and embeddings ``cond`` ``[n, 8, 64]``;
     returns ``(images, UNet rows per image)``."""
     counter = CallCounter(model.denoiser())
-    guided = CFGDenoiser(counter, guidance_interval=method.interval)
+    guided = CFGDenoiser(counter, guidance_interval=method.interval, seg_interval=method.seg_interval)
     sigmas = ddim_sigmas(model.alphas_cumprod, method.steps)
     images = []
-    for start in range(0, len(noise), batch):
-        part = slice(start, start + batch)
-        x = noise[part] * sigmas[0]
-        args = {
-            "cond": {"encoder_hidden_states": cond[part]},
-            "uncond": {"encoder_hidden_states": uncond},
-            "cond_scale": method.scale,
-        }
-        out = sample_method(method, guided, x, sigmas, args)
-        # back from k-diffusion's VE form at σ_end to the image: x_vp = x / sqrt(1 + σ²)
-        images.append(((out / (1 + sigmas[-1] ** 2) ** 0.5 + 1) / 2).clamp(0, 1))
+    seg = method.seg_scale > 0  # SEG: processors on the UNet for this method only (zigzag_kdiff.seg)
+    with seg_attention(model.unet, method.seg_layers, method.seg_blur_sigma) if seg else nullcontext() as state:
+        guided.seg_state = state
+        for start in range(0, len(noise), batch):
+            part = slice(start, start + batch)
+            x = noise[part] * sigmas[0]
+            args = {
+                "cond": {"encoder_hidden_states": cond[part]},
+                "uncond": {"encoder_hidden_states": uncond},
+                "cond_scale": method.scale,
+            }
+            if seg:
+                args.update(seg_scale=method.seg_scale, inversion_seg_scale=method.inversion_seg_scale)
+            out = sample_method(method, guided, x, sigmas, args)
+            # back from k-diffusion's VE form at σ_end to the image: x_vp = x / sqrt(1 + σ²)
+            images.append(((out / (1 + sigmas[-1] ** 2) ** 0.5 + 1) / 2).clamp(0, 1))
     return torch.cat(images), counter.rows / len(noise)
 
 
@@ -227,8 +256,9 @@ def best_scale(runs: list[Run]) -> float:
     return max(sweep, key=lambda run: (run.outcomes["all_correct"].mean(), -run.method.scale)).method.scale
 
 
-def run_shapes(config: Config = Config(), log=None, keep_images: bool = False) -> list[Run]:
-    """Every method of the config, paired (same prompts, seeds and initial noise)."""
+def run_shapes(config: Config = Config(), log=None, keep_images: bool = False, seg: bool = False) -> list[Run]:
+    """Every method of the config, paired (same prompts, seeds and initial noise); ``seg``: the SEG methods
+    (:func:`seg_methods`) instead."""
     torch.set_num_threads(config.threads)
     model = load_model(config.model)
     specs = shapes.all_specs()[: config.prompts]
@@ -262,6 +292,9 @@ def run_shapes(config: Config = Config(), log=None, keep_images: bool = False) -
                     f"{run.seconds:.0f}s"
                 )
 
+    if seg:
+        execute(seg_methods(config))
+        return runs
     execute(main_methods(config))
     execute(equal_row_methods(config, best_scale(runs)))
     execute(variant_methods(config))
@@ -379,35 +412,12 @@ def format_shapes(runs: list[Run], config: Config) -> str:
         f"(variants: × {config.sweep_seeds} seeds), same initial noise for every method. Rates in % with 95 % "
         "Wilson intervals; all correct = count ∧ colour ∧ position (cleanliness separate).",
         "",
-        "| method | images | rows/image | count | colour | position | all correct | count ∧ colour | clean |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for run in runs:
-        o = run.outcomes
-        lines.append(
-            f"| {run.method.label} | {o['count'].size} | {run.rows_per_image:g} | {100 * o['count'].mean():.1f} "
-            f"| {100 * o['colour'].mean():.1f} | {100 * o['position'].mean():.1f} "
-            f"| {_pct(proportion_ci(o['all_correct']))} | {_pct(proportion_ci(o['count_colour']))} "
-            f"| {_pct(proportion_ci(o['clean']))} |"
-        )
-    lines += [
+        *_rate_table(runs),
         "",
         f"Best scale of the standard sweep (all correct): {best:g}.",
         "",
-        "Paired tests (same prompt and seed): Δ = method − baseline in percentage points with a 95 % bootstrap CI "
-        "over images; w/l = discordant pairs (method right and baseline wrong / the reverse); p = McNemar's exact "
-        "test.",
-        "",
-        "| method | baseline | images | Δ all correct (w/l, p) | Δ count ∧ colour (w/l, p) | Δ clean (w/l, p) |",
-        "|---|---|---:|---:|---:|---:|",
+        *_paired_table(comparisons(runs, config)),
     ]
-    for test in comparisons(runs, config):
-        cells = [
-            f"{_pct(t.delta, True)} ({t.wins}/{t.losses}, {t.p_value:.2g})" for t in (test.tests[k] for k in TESTED)
-        ]
-        lines.append(
-            f"| {test.method} | {test.baseline} ({test.relation}) | {test.images} | " + " | ".join(cells) + " |"
-        )
     sweep = lambda_rows(runs, config)
     if sweep:
         lines += [
@@ -454,6 +464,85 @@ def format_shapes(runs: list[Run], config: Config) -> str:
                 f"| {100 * row['clean']:.1f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _rate_table(runs: list[Run]) -> list[str]:
+    lines = [
+        "| method | images | rows/image | count | colour | position | all correct | count ∧ colour | clean |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        o = run.outcomes
+        lines.append(
+            f"| {run.method.label} | {o['count'].size} | {run.rows_per_image:g} | {100 * o['count'].mean():.1f} "
+            f"| {100 * o['colour'].mean():.1f} | {100 * o['position'].mean():.1f} "
+            f"| {_pct(proportion_ci(o['all_correct']))} | {_pct(proportion_ci(o['count_colour']))} "
+            f"| {_pct(proportion_ci(o['clean']))} |"
+        )
+    return lines
+
+
+def _paired_table(tests: list[Paired]) -> list[str]:
+    lines = [
+        "Paired tests (same prompt and seed): Δ = method − baseline in percentage points with a 95 % bootstrap CI "
+        "over images; w/l = discordant pairs (method right and baseline wrong / the reverse); p = McNemar's exact "
+        "test.",
+        "",
+        "| method | baseline | images | Δ all correct (w/l, p) | Δ count ∧ colour (w/l, p) | Δ clean (w/l, p) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for test in tests:
+        cells = [
+            f"{_pct(t.delta, True)} ({t.wins}/{t.losses}, {t.p_value:.2g})" for t in (test.tests[k] for k in TESTED)
+        ]
+        lines.append(
+            f"| {test.method} | {test.baseline} ({test.relation}) | {test.images} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+def seg_comparisons(runs: list[Run]) -> list[Paired]:
+    """Each SEG run against the same sampler without SEG, and (Z-Sampling + SEG) against standard CFG at γ₁."""
+    by_settings = {run.method.settings(): run for run in runs}
+    out = []
+    for run in runs:
+        if run.method.seg_scale == 0:
+            continue
+        plain = replace(run.method, seg_scale=0.0, seg_interval=None, inversion_seg_scale=0.0)
+        if plain.settings() in by_settings:
+            out.append(paired_test(run, by_settings[plain.settings()], "same sampler without SEG"))
+        if run.method.rule != "standard":
+            standard = _standard(runs, run.method.scale, run.method.steps)
+            if standard:
+                out.append(paired_test(run, standard, "standard, same scale"))
+    return out
+
+
+def format_seg(runs: list[Run], config: Config) -> str:
+    """The ``bench shapes --seg`` tables: rates per method and the paired tests of :func:`seg_comparisons`."""
+    lines = [
+        f"Smoothed Energy Guidance on the bundled shapes16 model, DDIM sigmas, T = {config.steps}; {config.prompts} "
+        f"prompts × {config.seeds} seeds (first seed {config.first_seed}), same initial noise for every method. "
+        "SEG: s_seg = 3, σ_blur = ∞ (token mean) unless given, self-attention layers as named; Z-Sampling's "
+        "inversion calls without SEG unless 'inversion SEG'. Rates in % with 95 % Wilson intervals.",
+        "",
+        *_rate_table(runs),
+        "",
+        *_paired_table(seg_comparisons(runs)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_seg_outputs(runs: list[Run], config: Config, folder: str | Path) -> list[Path]:
+    """``seg.md`` and ``seg.json`` (per-image outcomes, as shapes.json) of a ``bench shapes --seg`` run."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = to_json(runs, config)
+    data["paired"] = [asdict(test) for test in seg_comparisons(runs)]
+    written = [folder / "seg.md", folder / "seg.json"]
+    written[0].write_text(format_seg(runs, config))
+    written[1].write_text(json.dumps(data, indent=1) + "\n")
+    return written
 
 
 def _fmt_rate(value: float) -> str:
@@ -550,7 +639,7 @@ def to_json(runs: list[Run], config: Config) -> dict[str, Any]:
         "best_scale": best_scale(runs),
         "runs": [
             {
-                "method": asdict(run.method),
+                "method": _method_dict(run.method),
                 "label": run.method.label,
                 "rows_per_image": run.rows_per_image,
                 "seconds": round(run.seconds, 1),
@@ -565,6 +654,14 @@ def to_json(runs: list[Run], config: Config) -> dict[str, Any]:
         "gap_sweep": gap_rows(runs, config),
         "equal_compute": compute_rows(runs, config),
     }
+
+
+def _method_dict(method: Method) -> dict[str, Any]:
+    """``asdict(method)``, without the SEG fields when SEG is off (the JSON of earlier runs, unchanged)."""
+    data = asdict(method)
+    if method.seg_scale == 0:
+        data = {k: v for k, v in data.items() if not k.startswith(("seg_", "inversion_seg"))}
+    return data
 
 
 def load_json(path: str | Path) -> tuple[list[Run], Config]:

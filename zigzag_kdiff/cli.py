@@ -43,11 +43,15 @@ def _bench(args: argparse.Namespace) -> int:
             config = bench_shapes.replace(config, threads=args.threads)
         if args.first_seed is not None and not args.from_json:
             config = bench_shapes.replace(config, first_seed=args.first_seed)
+        if args.seeds is not None:
+            config = bench_shapes.replace(config, seeds=args.seeds)
         if not args.from_json:
-            results = bench_shapes.run_shapes(config, log=_log if args.verbose else None)
-        print(bench_shapes.format_shapes(results, config))
+            results = bench_shapes.run_shapes(config, log=_log if args.verbose else None, seg=args.seg)
+        seg = args.seg or any(run.method.seg_scale > 0 for run in results)
+        print((bench_shapes.format_seg if seg else bench_shapes.format_shapes)(results, config))
         if args.out:
-            for path in bench_shapes.write_outputs(results, config, args.out):
+            write = bench_shapes.write_seg_outputs if seg else bench_shapes.write_outputs
+            for path in write(results, config, args.out):
                 _log(f"wrote {path}")
         _log(f"bench shapes: {time.perf_counter() - start:.0f}s")
     elif args.which in ("convergence", "shapes-dpmpp"):
@@ -124,6 +128,10 @@ def _compare(args: argparse.Namespace) -> int:
         width=args.width,
         height=args.height,
         methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        seg_scale=args.seg_scale,
+        seg_blur_sigma=args.seg_blur_sigma,
+        seg_layers=[n.strip() for n in args.seg_layers.split(",") if n.strip()],
+        seg_interval=tuple(args.seg_interval) if args.seg_interval else None,
     )
     settings.validate()  # before loading a model
     if args.threads is not None:
@@ -149,7 +157,7 @@ DEFAULT_PROMPTS = {"shapes": ["two red squares on the left", "three blue squares
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
-    from .compare import METHODS
+    from .compare import METHODS, SEG_METHODS
 
     schedules = ("ddim", "karras", "exponential", "model")  # zigzag_kdiff.diffusers.SCHEDULES
     compare = commands.add_parser(
@@ -195,7 +203,26 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         default="auto",
         help="model dtype (default auto: float16 on CUDA, else float32)",
     )
-    compare.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
+    compare.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS + SEG_METHODS)}"
+    )
+    compare.add_argument("--seg-scale", type=float, default=3.0, help="SEG methods: SEG scale (default 3)")
+    compare.add_argument(
+        "--seg-blur-sigma",
+        type=float,
+        default=9999999.0,
+        help="SEG methods: query blur sigma; > 9999 is the infinite blur (default 9999999)",
+    )
+    compare.add_argument(
+        "--seg-layers", default="mid", help="SEG methods: comma list of down, mid, up or d0, m0, u5, … (default mid)"
+    )
+    compare.add_argument(
+        "--seg-interval",
+        nargs=2,
+        type=float,
+        metavar=("SIGMA_LOW", "SIGMA_HIGH"),
+        help="SEG methods: the blurred pass only for sigma in [low, high]",
+    )
     compare.add_argument("--out", default="compare-out", help="output folder (default compare-out)")
     compare.add_argument("--threads", type=int, help="CPU threads for torch (tiny models on CPU: 1 is fastest)")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -228,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="gmm/shapes: first seed (default 0); another range: an independent replicate",
     )
+    bench.add_argument(
+        "--seg",
+        action="store_true",
+        help="shapes: the Smoothed Energy Guidance methods (alone, with CFG, with Z-Sampling) instead of the main run",
+    )
+    bench.add_argument("--seeds", type=int, help="shapes: number of seeds (default 20; --quick 2)")
     bench.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     bench.set_defaults(run=_bench)
     _add_compare(commands)

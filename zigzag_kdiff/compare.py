@@ -23,9 +23,14 @@ from typing import Any
 
 from . import __version__
 from .guidance import GuidanceInterval
+from .seg import DEFAULT_BLUR_SIGMA, SEGOptions
 
 METHODS = ("euler", "dpmpp_2m", "zigzag_euler", "zigzag_ddim", "zigzag_dpmpp_2m", "cfg_matched")
 """Method keys, in the default order of the grid's columns."""
+
+SEG_METHODS = ("seg_euler", "zigzag_euler_seg")
+"""Smoothed Energy Guidance methods (``--methods`` only, not in the default grid): Euler with CFG + SEG, and
+Z-Sampling (Euler) with CFG + SEG on its denoising calls (inversion calls without SEG)."""
 
 
 @dataclass
@@ -48,12 +53,17 @@ class CompareSettings:
     width: int | None = None
     height: int | None = None
     methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seg_scale: float = 3.0  # the SEG methods' s_seg (official default)
+    seg_blur_sigma: float = DEFAULT_BLUR_SIGMA
+    seg_layers: list[str] = field(default_factory=lambda: ["mid"])
+    seg_interval: tuple[float, float] | None = None
 
     def validate(self) -> None:
         """ValueErrors naming the parameter and its allowed range, before any model is loaded."""
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in METHODS + SEG_METHODS]
         if unknown or not self.methods:
-            raise ValueError(f"methods must be a non-empty subset of {list(METHODS)}, got {self.methods}")
+            raise ValueError(f"methods must be a non-empty subset of {list(METHODS + SEG_METHODS)}, got {self.methods}")
+        SEGOptions(self.seg_scale, self.seg_blur_sigma, tuple(self.seg_layers), self.seg_interval)
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
         if self.zigzag_steps is not None and not 0 <= self.zigzag_steps <= self.steps - 1:
@@ -90,6 +100,7 @@ class Method:
     sampler: str
     cfg_scale: float
     options: dict[str, Any]
+    seg: dict[str, Any] = field(default_factory=dict)  # generate()'s seg_* arguments (SEG methods)
 
 
 SCHEDULE_NAMES = {"karras": "Karras", "exponential": "Exponential", "ddim": "DDIM", "model": "Model default"}
@@ -124,6 +135,16 @@ def build_methods(settings: CompareSettings) -> list[Method]:
         ),
         "cfg_matched": Method("cfg_matched", f"Euler, CFG {matched:g} (matched)", "Euler", "euler", matched, {}),
     }
+    seg = {
+        "seg_scale": settings.seg_scale,
+        "seg_blur_sigma": settings.seg_blur_sigma,
+        "seg_applied_layers": tuple(settings.seg_layers),
+        "seg_interval": settings.seg_interval,
+    }
+    all_methods["seg_euler"] = Method("seg_euler", "Euler + SEG", "Euler", "euler", gamma_1, {}, seg)
+    all_methods["zigzag_euler_seg"] = Method(
+        "zigzag_euler_seg", "Z-Sampling (Euler) + SEG", "Z-Sampling Euler", "zigzag_euler", gamma_1, dict(zigzag), seg
+    )
     return [all_methods[key] for key in settings.methods]
 
 
@@ -149,6 +170,15 @@ def a1111_parameters(prompt: str, settings: CompareSettings, method: Method, see
     if settings.guidance_interval is not None:
         low, high = settings.guidance_interval
         pairs.append(("Guidance interval", f'"{low:g}-{high:g}"'))
+    if method.seg:
+        pairs += [
+            ("SEG scale", f"{method.seg['seg_scale']:g}"),
+            ("SEG blur sigma", f"{method.seg['seg_blur_sigma']:g}"),
+            ("SEG layers", f'"{",".join(method.seg["seg_applied_layers"])}"'),
+        ]
+        if method.seg["seg_interval"] is not None:
+            low, high = method.seg["seg_interval"]
+            pairs.append(("SEG interval", f'"{low:g}-{high:g}"'))
     pairs.append(("Version", f"zigzag-kdiff {__version__}"))
     lines = [prompt]
     if settings.negative_prompt:
@@ -249,6 +279,7 @@ def run_compare(
                         guidance_interval=settings.guidance_interval,
                         sampler_options=method.options,
                         disable_progress=True,
+                        **method.seg,
                     )
                     seconds = time.perf_counter() - began
                     image = result.images[0]

@@ -31,6 +31,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from .guidance import CallCounter, CFGDenoiser, GuidanceInterval
 from .kdiffusion import SAMPLERS
 from .models import UNetEps
 from .sampling import ddim_sigmas
+from .seg import DEFAULT_BLUR_SIGMA, SEGOptions, seg_attention, select_layers
 
 __all__ = [
     "SCHEDULES",
@@ -346,6 +348,12 @@ def generate(
     target_size: tuple[int, int] | None = None,
     output_type: str = "pil",
     disable_progress: bool | None = None,
+    seg_scale: float = 0.0,
+    seg_blur_sigma: float = DEFAULT_BLUR_SIGMA,
+    seg_applied_layers: Sequence[str] = ("mid",),
+    seg_applied_layers_index: Sequence[str] | None = None,
+    seg_interval: tuple[float, float] | None = None,
+    inversion_seg_scale: float = 0.0,
 ) -> Generation:
     """Text-to-image with ``pipe``'s models and a k-diffusion (or zigzag) sampler.
 
@@ -366,6 +374,16 @@ def generate(
             "zigzag_steps": 29, "zigzag_rounds": 1}`` (γ₂, λ, T_max) for the zigzag samplers.
         original_size, crops_coords_top_left, target_size: SDXL micro-conditioning.
         output_type: ``"pil"``, ``"np"``, ``"pt"`` (the image processor's) or ``"latent"``.
+        seg_scale: Smoothed Energy Guidance scale s_seg ``>= 0`` (default 0: off; the official default is 3):
+            ``D = D_u + s·(D_c − D_u) + s_seg·(D_c − D_c^blur)`` on the batch ``[uncond, cond, cond_blur]``.
+        seg_blur_sigma: σ of the query blur, ``> 0``; above 9999 (the default 9999999) the infinite blur.
+        seg_applied_layers: self-attention layers to blur: ``"down"``, ``"mid"``, ``"up"`` and index names
+            ``"d0"``, ``"m0"``, ``"u5"`` (default ``("mid",)``); ``seg_applied_layers_index``, the official
+            index list, takes precedence when given.
+        seg_interval: ``(sigma_low, sigma_high)``: the blurred row only for σ inside it (default: all σ).
+        inversion_seg_scale: s_seg of Z-Sampling's inversion calls (default 0: inversion without SEG).
+        SEG processors are installed on ``pipe.unet`` for this call only; exactly the processors that were
+        there before are put back on return, on an exception and on ``KeyboardInterrupt``.
     """
     prompts = _as_list(prompt, "prompt")
     negatives = None
@@ -378,6 +396,15 @@ def generate(
     if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
     function = resolve_sampler(sampler)
+    seg = SEGOptions(
+        seg_scale=seg_scale,
+        seg_blur_sigma=seg_blur_sigma,
+        seg_applied_layers=tuple(seg_applied_layers_index or seg_applied_layers),
+        seg_interval=seg_interval,
+        inversion_seg_scale=inversion_seg_scale,
+    )
+    if seg.enabled:  # layer names and indices against this UNet, before any model call
+        select_layers(pipe.unet.named_modules(), seg.seg_applied_layers)
     scale_factor = latent_scale_factor(pipe)
     height = height or int(pipe.unet.config.sample_size) * scale_factor
     width = width or int(pipe.unet.config.sample_size) * scale_factor
@@ -390,7 +417,7 @@ def generate(
     denoiser = denoiser_for(pipe)
     sigmas = sigmas_for(pipe, denoiser, schedule, steps)
     counter = CallCounter(denoiser)
-    model = CFGDenoiser(counter, guidance_interval=guidance_interval)
+    model = CFGDenoiser(counter, guidance_interval=guidance_interval, seg_interval=seg.seg_interval)
     options = dict(sampler_options or {})
 
     generators, seeds = _generators(count, seed, generator) if noise is None else ([], None)
@@ -413,15 +440,14 @@ def generate(
         crops_coords_top_left=crops_coords_top_left,
         target_size=target_size,
     )
+    extra_args: dict[str, Any] = {"cond": cond, "uncond": uncond, "cond_scale": cfg_scale}
+    if seg.enabled:
+        extra_args.update(seg_scale=seg.seg_scale, inversion_seg_scale=seg.inversion_seg_scale)
+    installed = seg_attention(pipe.unet, seg.seg_applied_layers, seg.seg_blur_sigma) if seg.enabled else nullcontext()
     start = time.perf_counter()
-    x = function(
-        model,
-        x,
-        sigmas.to(device),
-        extra_args={"cond": cond, "uncond": uncond, "cond_scale": cfg_scale},
-        disable=disable_progress,
-        **options,
-    )
+    with installed as state:
+        model.seg_state = state
+        x = function(model, x, sigmas.to(device), extra_args=extra_args, disable=disable_progress, **options)
     latents = x / math.sqrt(1 + float(sigmas[-1]) ** 2)
     seconds = time.perf_counter() - start
     images = decode_latents(pipe, latents, output_type)
@@ -435,6 +461,15 @@ def generate(
         "guidance_interval": None if interval is None else [interval.sigma_low, interval.sigma_high],
         "sampler_options": {k: v for k, v in options.items() if k != "noise_sampler"},
     }
+    if seg.enabled:
+        window = seg.seg_interval
+        settings["seg"] = {
+            "seg_scale": seg.seg_scale,
+            "seg_blur_sigma": seg.seg_blur_sigma,
+            "seg_applied_layers": list(seg.seg_applied_layers),
+            "seg_interval": None if window is None else [window.sigma_low, window.sigma_high],
+            "inversion_seg_scale": seg.inversion_seg_scale,
+        }
     return Generation(images, latents, seeds, sigmas, counter.calls, counter.rows, seconds, settings)
 
 

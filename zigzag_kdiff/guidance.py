@@ -16,10 +16,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from .seg import SEGState
 
 Conditioning = torch.Tensor | Mapping[str, Any]
 
@@ -45,17 +48,18 @@ class GuidanceInterval:
 
     sigma_low: float
     sigma_high: float = math.inf
+    parameter: ClassVar[str] = "guidance_interval"  # the name in error messages (SEG's interval: seg_interval)
 
     def __post_init__(self) -> None:
         low, high = float(self.sigma_low), float(self.sigma_high)
         if math.isnan(low) or math.isnan(high) or low < 0 or math.isinf(low):
             raise ValueError(
-                "guidance_interval must be (sigma_low, sigma_high) with 0 <= sigma_low <= sigma_high"
+                f"{self.parameter} must be (sigma_low, sigma_high) with 0 <= sigma_low <= sigma_high"
                 f" <= inf, got ({self.sigma_low!r}, {self.sigma_high!r})"
             )
         if low > high:
             raise ValueError(
-                "guidance_interval must have sigma_low <= sigma_high (allowed: 0 <= sigma_low <= "
+                f"{self.parameter} must have sigma_low <= sigma_high (allowed: 0 <= sigma_low <= "
                 f"sigma_high <= inf), got sigma_low={low} > sigma_high={high}"
             )
         object.__setattr__(self, "sigma_low", low)
@@ -64,12 +68,14 @@ class GuidanceInterval:
     @classmethod
     def parse(cls, value: GuidanceInterval | tuple[float, float] | None) -> GuidanceInterval | None:
         """Accept ``None``, an interval, or a ``(sigma_low, sigma_high)`` pair."""
-        if value is None or isinstance(value, GuidanceInterval):
+        if value is None or isinstance(value, cls):
             return value
+        if isinstance(value, GuidanceInterval):
+            return cls(value.sigma_low, value.sigma_high)
         try:
             low, high = value
         except (TypeError, ValueError):
-            raise ValueError(f"guidance_interval must be a (sigma_low, sigma_high) pair, got {value!r}") from None
+            raise ValueError(f"{cls.parameter} must be a (sigma_low, sigma_high) pair, got {value!r}") from None
         return cls(low, high)
 
     def contains(self, sigma: float | torch.Tensor) -> bool:
@@ -126,6 +132,13 @@ class CFGDenoiser(nn.Module):
     * ``s == 0``: one call on the unconditional branch only;
     * otherwise: one batched call on ``[uncond, cond]`` (the released code's order).
 
+    Smoothed Energy Guidance (:mod:`zigzag_kdiff.seg`): with ``seg_scale > 0`` (a keyword of ``forward``,
+    i.e. of ``extra_args``) and a ``seg_state`` whose attention processors are installed, it returns
+    ``D_u + s·(D_c − D_u) + s_seg·(D_c − D_c^blur)`` from one call on ``[uncond, cond, cond_blur]``
+    (``[cond, cond_blur]`` at ``s == 1``), the blurred row only for σ inside ``seg_interval``. With
+    ``seg_scale == 0`` nothing changes (bit for bit). ``inversion_seg_scale`` is read by
+    :func:`~zigzag_kdiff.sampling.call_with_cond_scale` for Z-Sampling's inversion calls (default 0).
+
     ``cond``/``uncond`` is either a tensor (passed to the inner denoiser as ``cond=``) or a mapping of
     keyword arguments (e.g. ``{"encoder_hidden_states": ..., "added_cond_kwargs": {...}}`` for SDXL's
     pooled embeddings and time ids); nested tensors are batched per branch. Tensors with batch size 1
@@ -134,16 +147,24 @@ class CFGDenoiser(nn.Module):
     Args:
         inner_model: a k-diffusion denoiser ``D(x, sigma, **kwargs)``.
         guidance_interval: optional ``(sigma_low, sigma_high)``; outside it the scale is 1.
+        seg_state: the :class:`~zigzag_kdiff.seg.SEGState` of installed SEG attention (needed for ``seg_scale > 0``).
+        seg_interval: optional ``(sigma_low, sigma_high)``; outside it no blurred row (``seg_scale`` 0).
     """
 
     def __init__(
         self,
         inner_model: nn.Module,
         guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
+        seg_state: SEGState | None = None,
+        seg_interval: GuidanceInterval | tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
+        from .seg import SEGInterval
+
         self.inner_model = inner_model
         self.guidance_interval = GuidanceInterval.parse(guidance_interval)
+        self.seg_state = seg_state
+        self.seg_interval = SEGInterval.parse(seg_interval)
 
     def forward(
         self,
@@ -152,9 +173,14 @@ class CFGDenoiser(nn.Module):
         cond: Conditioning,
         uncond: Conditioning | None = None,
         cond_scale: float = 1.0,
+        seg_scale: float = 0.0,
+        inversion_seg_scale: float = 0.0,
         **kwargs: Any,
     ) -> torch.Tensor:
         scale = effective_scale(check_finite("cond_scale", cond_scale), sigma.max(), self.guidance_interval)
+        seg = self._seg_scale_at(seg_scale, inversion_seg_scale, sigma.max())
+        if seg != 0.0:
+            return self._forward_seg(x, sigma, cond, uncond, scale, seg, kwargs)
         batch = x.shape[0]
         if scale == 1.0:
             return self.inner_model(x, sigma, **_as_kwargs(_select_rows(cond, batch)), **kwargs)
@@ -173,6 +199,61 @@ class CFGDenoiser(nn.Module):
             denoised_uncond = self.inner_model(x, sigma, **uncond_kwargs, **kwargs)
             denoised_cond = self.inner_model(x, sigma, **cond_kwargs, **kwargs)
         return denoised_uncond + (denoised_cond - denoised_uncond) * scale
+
+    def _seg_scale_at(self, seg_scale: float, inversion_seg_scale: float, sigma: torch.Tensor) -> float:
+        """s_seg in effect at ``sigma`` (0 outside the SEG interval); validates both SEG scales."""
+        from .seg import effective_seg_scale
+
+        for name, value in (("seg_scale", seg_scale), ("inversion_seg_scale", inversion_seg_scale)):
+            if check_finite(name, value) < 0:
+                raise ValueError(f"{name} must be a finite number >= 0 (0 = SEG off), got {value!r}")
+        seg = effective_seg_scale(float(seg_scale), sigma, self.seg_interval)
+        if seg != 0.0 and self.seg_state is None:
+            raise ValueError(
+                "seg_scale > 0 needs a seg_state: install SEG attention with zigzag_kdiff.seg.seg_attention(unet, ...) "
+                "and pass the state it yields as CFGDenoiser(..., seg_state=state)"
+            )
+        return seg
+
+    def _forward_seg(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Conditioning,
+        uncond: Conditioning | None,
+        scale: float,
+        seg: float,
+        kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """CFG + SEG on the batch ``[uncond, cond, cond_blur]`` (the official layout), or ``[cond, cond_blur]``
+        at scale 1; an uncond that cannot be batched with cond (other token length) is a call of its own."""
+        from .seg import combine, seg_branches
+
+        assert self.seg_state is not None
+        batch = x.shape[0]
+        cond_kwargs = _as_kwargs(_select_rows(cond, batch))
+        denoised_uncond = None
+        if "uncond" in seg_branches(scale, seg):
+            if uncond is None:
+                raise ValueError(f"uncond is required for cond_scale != 1 (got cond_scale={scale})")
+            uncond_kwargs = _as_kwargs(_select_rows(uncond, batch))
+            if _batchable(uncond_kwargs, cond_kwargs):
+                with self.seg_state.blurring(slice(2 * batch, 3 * batch)):
+                    out = self.inner_model(
+                        torch.cat([x, x, x]),
+                        torch.cat([sigma, sigma, sigma]),
+                        **_concat(_concat(uncond_kwargs, cond_kwargs), cond_kwargs),
+                        **kwargs,
+                    )
+                denoised_uncond, denoised_cond, denoised_blur = out.chunk(3)
+                return combine(denoised_uncond, denoised_cond, denoised_blur, scale, seg)
+            denoised_uncond = self.inner_model(x, sigma, **uncond_kwargs, **kwargs)
+        with self.seg_state.blurring(slice(batch, 2 * batch)):
+            out = self.inner_model(
+                torch.cat([x, x]), torch.cat([sigma, sigma]), **_concat(cond_kwargs, cond_kwargs), **kwargs
+            )
+        denoised_cond, denoised_blur = out.chunk(2)
+        return combine(denoised_uncond, denoised_cond, denoised_blur, scale, seg)
 
 
 class CallCounter(nn.Module):

@@ -216,8 +216,13 @@ def call_with_cond_scale(
 
     Works with our :class:`~zigzag_kdiff.guidance.CFGDenoiser` and with A1111/Forge's ``CFGDenoiser``
     (the caller's dict is never mutated: hosts such as A1111's refiner switch mutate it themselves).
+    With SEG (``seg_scale`` in ``extra_args``) the copy's ``seg_scale`` is ``extra_args["inversion_seg_scale"]``,
+    default 0: inversion calls run without SEG unless asked (see :mod:`zigzag_kdiff.seg`).
     """
-    return model(x, sigma, **{**extra_args, "cond_scale": scale})
+    args = {**extra_args, "cond_scale": scale}
+    if "seg_scale" in args:
+        args["seg_scale"] = args.get("inversion_seg_scale", 0.0)
+    return model(x, sigma, **args)
 
 
 # --- inversion rules: one zigzag "up" step σ_{i+1} → σ_i (the paper's Ψ^t, eq. 4) ----------------

@@ -55,6 +55,9 @@ CFG_HOOKS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_c
 """``model_options`` entries that read the conditional prediction (RescaleCFG, PAG, SAG, CFG++ samplers, ...):
 while one is set, a call at scale 0 evaluates both batches, as ComfyUI does."""
 
+INVERSION_KEY = "zigzag_kdiff_inversion"
+"""``transformer_options`` flag of Zigzag inversion calls (set by :class:`GuiderScaleSwitch`; SEG skips them)."""
+
 
 # --- the guider ----------------------------------------------------------------------------------
 
@@ -154,7 +157,14 @@ class GuiderScaleSwitch:
         if scale == 0:
             extra_args = unconditional_only(self.guider, extra_args)
         with guider_scale(self.guider, scale):
-            return model(x, sigma, **extra_args)
+            return model(x, sigma, **mark_inversion(extra_args))
+
+
+def mark_inversion(extra_args: dict) -> dict:
+    """A copy of ``extra_args`` whose ``model_options["transformer_options"]`` carry :data:`INVERSION_KEY`."""
+    options = dict(extra_args.get("model_options", {}))
+    options["transformer_options"] = {**options.get("transformer_options", {}), INVERSION_KEY: True}
+    return {**extra_args, "model_options": options}
 
 
 # --- guidance interval ---------------------------------------------------------------------------

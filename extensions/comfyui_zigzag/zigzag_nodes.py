@@ -10,6 +10,7 @@ from comfy_api.latest import ComfyExtension, io
 from zigzag_kdiff.guidance import GuidanceInterval, check_finite
 
 from .adapter import RULES, interval_from_percent, patch_guidance_interval, register_samplers, sample_zigzag
+from .seg_nodes import SEG_NODES
 
 SIGMA_MAX = 10000.0
 """Upper bound of the sigma widgets (a guidance interval reaching it has no upper limit in practice)."""
@@ -167,4 +168,4 @@ class ZigzagExtension(ComfyExtension):
         register_samplers()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ZigzagSampler, GuidanceIntervalPercent, GuidanceIntervalSigmas]
+        return [ZigzagSampler, GuidanceIntervalPercent, GuidanceIntervalSigmas, *SEG_NODES]

@@ -56,6 +56,9 @@ OPTION_KEY = "zigzag_rule"
 
 DDIM_UPDATES = ("paper", "released")
 
+INVERSION_ATTR = "zigzag_kdiff_inversion"
+"""Set on the host's ``CFGDenoiser`` during Zigzag inversion calls (read by ``seg_webui``)."""
+
 
 # --- settings -------------------------------------------------------------------------------------
 
@@ -366,10 +369,15 @@ class HostGuidedModel:
 
     def call_at_scale(self, model: Any, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, scale: float):
         """An inversion call at γ₂. NGMS is kept out of it (``s_min_uncond`` 0 for this call): the webui
-        would otherwise run some inversions on the conditional branch alone, i.e. at scale 1."""
+        would otherwise run some inversions on the conditional branch alone, i.e. at scale 1. SEG
+        (``seg_webui``) runs inversion calls without SEG: the host model is marked for this call."""
         if extra_args.get("s_min_uncond"):
             extra_args = {**extra_args, "s_min_uncond": 0.0}
-        return call_host_at_scale(self.host_model, x, sigma, extra_args, scale)
+        setattr(self.host_model, INVERSION_ATTR, True)
+        try:
+            return call_host_at_scale(self.host_model, x, sigma, extra_args, scale)
+        finally:
+            setattr(self.host_model, INVERSION_ATTR, False)
 
 
 def is_flow_schedule(host_model: Any) -> bool:
