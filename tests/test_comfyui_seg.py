@@ -35,7 +35,9 @@ class Call:
 
 
 class RowLog:
-    """``model_function_wrapper``: every UNet call's rows by branch; steps from the progress hook."""
+    """``model_function_wrapper``: every UNet call's rows by branch; a step ends at the sampler's per-step
+    callback (a ``sampler_sample`` wrapper, as the harness's PassCounter: ComfyUI >= 0.9 throttles the
+    global progress hook, which would merge fast steps)."""
 
     def __init__(self) -> None:
         self.calls: list[Call] = []
@@ -60,8 +62,15 @@ class RowLog:
     def __deepcopy__(self, memo: dict) -> RowLog:
         return self
 
-    def progress_hook(self, value, total, preview, prompt_id=None, node_id=None) -> None:
-        self.step_ends.append(len(self.calls))
+    def sampler_sample(self, executor, guider, sigmas, extra_args, callback, *args):
+        """WrappersMP.SAMPLER_SAMPLE wrapper: the sampler's per-step callback ends a step."""
+
+        def step_done(step, x0, x, total_steps):
+            self.step_ends.append(len(self.calls))
+            if callback is not None:
+                callback(step, x0, x, total_steps)
+
+        return executor(guider, sigmas, extra_args, step_done, *args)
 
     def per_step(self) -> list[tuple[int, int, int]]:
         """Rows of each finished step, summed over its calls."""
@@ -91,19 +100,16 @@ def comfyui():
 @pytest.fixture(scope="module")
 def seg(comfyui):
     """This module's own tiny model (same weights as the harness's) counted by a RowLog."""
-    import comfy.utils
 
     log = RowLog()
-    threads, hook = torch.get_num_threads(), comfy.utils.PROGRESS_BAR_HOOK
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    comfy.utils.set_progress_bar_global_hook(log.progress_hook)
     model = tiny_sd15(log)
     with torch.no_grad():  # norm gains near 1 as trained models have (at 0.01 every token looks alike: no blur shows)
         for module in model.model.diffusion_model.modules():
             if isinstance(module, (torch.nn.LayerNorm, torch.nn.GroupNorm)) and module.weight is not None:
                 module.weight.add_(1.0)
     yield type("SEG", (), {"log": log, "model": model, "node": comfyui.node, "nodes": comfyui.nodes})
-    comfy.utils.set_progress_bar_global_hook(hook)
     torch.set_num_threads(threads)
 
 
@@ -226,10 +232,11 @@ def test_rows_only_inside_the_interval_percent_and_sigmas(seg):
 def test_zigzag_inversion_calls_carry_no_blurred_row(seg):
     patched = seg_model(seg)
     ksampler(seg, patched, "zigzag_euler")
-    # per zigzag step: denoise [pos, neg, blur], inversion at γ₂ = 0 [pos, neg], denoise again
-    assert seg.log.per_step() == [(3, 3, 2)] * (STEPS - 1) + [(1, 1, 1)]
+    # per zigzag step: denoise [pos, neg, blur], inversion at γ₂ = 0 [neg] alone (SEG's hooks do not keep the
+    # adapter from its one-branch inversion), denoise again: 3 + 1 + 3 rows, as the library
+    assert seg.log.per_step() == [(2, 3, 2)] * (STEPS - 1) + [(1, 1, 1)]
     inversions = [call for call in seg.log.calls if call.inversion]
-    assert len(inversions) == STEPS - 1 and all(call.rows == (1, 1, 0) for call in inversions)
+    assert len(inversions) == STEPS - 1 and all(call.rows == (0, 1, 0) for call in inversions)
     assert all(call.rows == (1, 1, 1) for call in seg.log.calls if not call.inversion)
     zigzag_node = seg.node["ZigzagSampler"].execute("ddim", 1.0, 1.0, "fraction", 1, False, 0.28, 5.42)[0]
     sampler_custom(seg, patched, zigzag_node, schedule(seg))
@@ -481,5 +488,5 @@ def test_zigzag_with_seg_matches_zigzag_kdiff_end_to_end(seg):
     rounding = (library(0.0) - comfy_plain).abs().max()
     difference = (library(3.0) - comfy_seg).abs().max()
     effect = (comfy_seg - comfy_plain).abs().max()
-    assert rounding < 1e-5 * comfy_plain.abs().max()
-    assert difference <= 2 * rounding + 1e-6 and effect > 1000 * difference
+    # bit for bit: the same rows in the same batches (the inversions at γ₂ = 0 on the negative batch alone)
+    assert rounding == 0 and difference == 0 and effect > 1.0

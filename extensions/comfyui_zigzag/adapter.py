@@ -55,6 +55,10 @@ CFG_HOOKS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_c
 """``model_options`` entries that read the conditional prediction (RescaleCFG, PAG, SAG, CFG++ samplers, ...):
 while one is set, a call at scale 0 evaluates both batches, as ComfyUI does."""
 
+INVERSION_NEUTRAL = "zigzag_kdiff_inversion_neutral"
+"""Attribute of a CFG hook (function or method) that leaves Zigzag inversion calls unchanged, such as the SEG
+node's (it adds nothing there): it does not keep a call at scale 0 from evaluating the negative batch alone."""
+
 INVERSION_KEY = "zigzag_kdiff_inversion"
 """``transformer_options`` flag of Zigzag inversion calls (set by :class:`GuiderScaleSwitch`; SEG skips them)."""
 
@@ -122,13 +126,22 @@ class UnconditionalOnly:
         return executor(model, conds, x_in, timestep, *args)
 
 
+def _cfg_hooks(model_options: dict) -> Iterator[Any]:
+    """The functions of the :data:`CFG_HOOKS` entries (``sampler_cfg_function`` is one, the others lists)."""
+    for key in CFG_HOOKS:
+        value = model_options.get(key)
+        if value:
+            yield from value if isinstance(value, (list, tuple)) else [value]
+
+
 def unconditional_only(guider: Any, extra_args: dict) -> dict:
     """``extra_args`` for one call at scale 0: its ``model_options`` cloned with :class:`UnconditionalOnly`.
 
-    Unchanged while a :data:`CFG_HOOKS` entry is set (those read the positive prediction).
+    Unchanged while a :data:`CFG_HOOKS` function is set (those read the positive prediction), unless it is
+    marked :data:`INVERSION_NEUTRAL`.
     """
     options = extra_args.get("model_options") or {}
-    if any(options.get(key) for key in CFG_HOOKS):
+    if any(not getattr(hook, INVERSION_NEUTRAL, False) for hook in _cfg_hooks(options)):
         return extra_args
     patched = comfy.model_patcher.create_model_options_clone(options)
     comfy.patcher_extension.add_wrapper_with_key(

@@ -37,7 +37,7 @@ from zigzag_kdiff.guidance import GuidanceInterval, check_finite
 from zigzag_kdiff.seg import DEFAULT_BLUR_SIGMA, SEGOptions, blur_queries, token_grid
 from zigzag_kdiff.seg_ldm import block_name, ldm_self_attention_layers, select_ldm_layers
 
-from .adapter import INVERSION_KEY, interval_from_percent
+from .adapter import INVERSION_KEY, INVERSION_NEUTRAL, interval_from_percent
 
 BLUR_CHUNK = 2
 """Index of the blurred conditional branch in ``calc_cond_batch``'s conds (``cond_or_uncond`` value);
@@ -185,6 +185,10 @@ class SEGGuidance:
             return args["denoised"]
         _, scale, blurred = pending
         return args["denoised"] + (args["cond_denoised"] - blurred) * scale
+
+    # Nothing is pending in a Zigzag inversion call (no blurred row there): the post-CFG function returns the
+    # CFG result as it is, so an inversion at γ₂ = 0 may still evaluate the negative batch alone (adapter).
+    setattr(post_cfg, INVERSION_NEUTRAL, True)
 
 
 def _is_seg(function: Any) -> bool:
