@@ -496,6 +496,14 @@ def test_forge_one_branch_keeps_out_of_cfg_hooks_and_scale_1_paths():
             assert not installed
     with zw.unconditional_branch_only(options_with(disable_cfg1_optimization=True)) as installed:
         assert not installed
+    # a hook marked inversion-neutral (SEG's post-CFG function without inversion SEG) does not block it
+    neutral = type("Neutral", (), {zw.INVERSION_NEUTRAL: True})()
+    model = options_with(sampler_post_cfg_function=[neutral])
+    with zw.unconditional_branch_only(model) as installed:
+        options = model.inner_model.inner_model.forge_objects.unet.model_options
+        assert installed and options["sampler_post_cfg_function"] == [neutral]
+        assert options["sampler_pre_cfg_function"] == [zw.skip_conditional_branch]
+    assert model.inner_model.inner_model.forge_objects.unet.model_options == {"sampler_post_cfg_function": [neutral]}
     with zw.unconditional_branch_only(StandInCFGDenoiser(StandInP())) as installed:  # A1111: no forge_objects
         assert not installed
     # at scale 1 (NGMS, skip early CFG) Forge has already dropped the uncond: the hook leaves the cond

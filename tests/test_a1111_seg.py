@@ -703,6 +703,8 @@ def test_forge_post_cfg_extra_call_blurs_every_row_and_adds_the_seg_term(unet):
     calls.clear()
     inversion["now"] = True
     assert post(args) is args["denoised"] and not calls
+    # inversion-neutral (no inversion SEG): Zigzag's one-branch inversion at γ₂ = 0 stays on with SEG
+    assert sg.INVERSION_NEUTRAL == zw.INVERSION_NEUTRAL and getattr(post, sg.INVERSION_NEUTRAL) is True
     inversion["now"] = False
     assert post({**args, "sigma": torch.tensor([12.0])}) is args["denoised"] and not calls  # outside the interval
     p = types.SimpleNamespace(sampler=types.SimpleNamespace(model_wrap_cfg=types.SimpleNamespace()))

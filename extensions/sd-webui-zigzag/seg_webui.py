@@ -34,6 +34,7 @@ from zigzag_kdiff.seg import DEFAULT_BLUR_SIGMA, INFINITE_BLUR_THRESHOLD, SEGOpt
 from zigzag_kdiff.seg_ldm import block_name, select_ldm_layers
 
 INVERSION_ATTR = "zigzag_kdiff_inversion"
+INVERSION_NEUTRAL = "zigzag_kdiff_inversion_neutral"  # zigzag_webui.INVERSION_NEUTRAL (the modules load apart)
 """Attribute the Zigzag samplers set on the host's ``CFGDenoiser`` during inversion calls."""
 
 INFINITE = "infinite"
@@ -408,6 +409,9 @@ class ForgeSEG:
         self.host = host
         self.is_inversion = is_inversion
         self.extra_calls = 0
+        # without inversion SEG the function returns inversion calls' result as it is: Zigzag may then run an
+        # inversion at γ₂ = 0 on the unconditional branch alone (zigzag_webui.unconditional_branch_only)
+        setattr(self, INVERSION_NEUTRAL, options.inversion_seg_scale == 0)
 
     def __call__(self, args: dict) -> torch.Tensor:
         denoised, x, sigma = args["denoised"], args["input"], args["sigma"]

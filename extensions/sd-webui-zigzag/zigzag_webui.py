@@ -279,6 +279,20 @@ FORGE_CFG_HOOKS = (
 """Forge ``model_options`` entries that see the branches or the scale (dynamic thresholding, SAG, reference
 and inpaint ControlNets, ...): while one is set, a call at scale 0 evaluates both branches as before."""
 
+INVERSION_NEUTRAL = "zigzag_kdiff_inversion_neutral"
+"""Attribute (true) of a Forge CFG hook that leaves Zigzag inversion calls unchanged (``seg_webui``'s post-CFG
+function without inversion SEG): it does not keep an inversion at scale 0 from running one branch."""
+
+
+def _forge_hooks_see_branches(options: dict) -> bool:
+    """Whether a :data:`FORGE_CFG_HOOKS` function that is not :data:`INVERSION_NEUTRAL` is set."""
+    for key in FORGE_CFG_HOOKS:
+        value = options.get(key)
+        hooks = value if isinstance(value, (list, tuple)) else [value] if value else []
+        if any(not getattr(hook, INVERSION_NEUTRAL, False) for hook in hooks):
+            return True
+    return False
+
 
 def forge_unet(host_model: Any) -> Any | None:
     """Forge's UNet patcher behind the host's ``CFGDenoiser`` (``inner_model.inner_model.forge_objects.unet``,
@@ -310,15 +324,16 @@ def unconditional_branch_only(host_model: Any) -> Iterator[bool]:
 
     Installs :func:`skip_conditional_branch` in a copy of the UNet patcher's ``model_options`` and puts
     the original dict back afterwards, also on errors and interrupts. Yields whether it did: not on
-    hosts without Forge's patcher, nor while a :data:`FORGE_CFG_HOOKS` entry or
-    ``disable_cfg1_optimization`` is set (then the call evaluates both branches, as before).
+    hosts without Forge's patcher, nor while a :data:`FORGE_CFG_HOOKS` function (other than an
+    :data:`INVERSION_NEUTRAL` one) or ``disable_cfg1_optimization`` is set (then both branches run, as before).
     """
     unet = forge_unet(host_model)
     options = None if unet is None else unet.model_options
-    if options is None or options.get("disable_cfg1_optimization") or any(options.get(k) for k in FORGE_CFG_HOOKS):
+    if options is None or options.get("disable_cfg1_optimization") or _forge_hooks_see_branches(options):
         yield False
         return
-    unet.model_options = {**options, "sampler_pre_cfg_function": [skip_conditional_branch]}
+    pre_cfg = [*(options.get("sampler_pre_cfg_function") or []), skip_conditional_branch]
+    unet.model_options = {**options, "sampler_pre_cfg_function": pre_cfg}
     try:
         yield True
     finally:
