@@ -192,15 +192,3 @@ def test_half_precision_pipelines(dtype):
     pipe = tiny_pipeline("sdxl").to(dtype=dtype)
     result = run(pipe, sampler="euler", seg_scale=3.0, seg_blur_sigma=1.0, steps=2)
     assert torch.isfinite(result.latents).all() and result.batch_rows == 6
-
-
-def test_readme_seg_script_example_runs():
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    code = re.search(r"```python\n(.*?)```", readme.split("**In scripts**", 1)[1], re.S).group(1)
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
-    assert namespace["latents"].shape == (1, 4, 16, 24) and torch.isfinite(namespace["latents"]).all()
-    assert not any(type(p).__name__ == "SEGAttnProcessor" for p in namespace["unet"].attn_processors.values())
