@@ -85,10 +85,10 @@ def _check_shapes_pipeline(ns: dict) -> None:
 
 # A distinctive line of an example → what its result must be.
 CHECKS = {
-    'zigzag_rounds=1,  # γ₂, λ, T_max': _check_kdiffusion,
+    "zigzag_rounds=1,  # γ₂, λ, T_max": _check_kdiffusion,
     'sampler_options={"inversion_scale": 0.0})': _check_generate_zigzag,
     'result.images[0].save("dog.png")': _check_generate_sdxl,
-    'seg_interval=None,\n)': _check_generate_seg,
+    "seg_interval=None,\n)": _check_generate_seg,
     "with seg_attention(unet": _check_seg_script,
     "from_pretrained(BUNDLED_MODEL, vae=None)": _check_shapes_pipeline,
 }
@@ -145,9 +145,7 @@ def _inline_cli_commands() -> list[tuple[Path, str]]:
 
 def _exists(relative: str) -> bool:
     relative = relative.rstrip("/")
-    return (ROOT / relative).exists() or (
-        any(relative == p or relative.startswith(p + "/") for p in PENDING)
-    )
+    return (ROOT / relative).exists() or (any(relative == p or relative.startswith(p + "/") for p in PENDING))
 
 
 def test_cli_commands_parse_and_named_files_exist():
