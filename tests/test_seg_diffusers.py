@@ -204,3 +204,11 @@ def test_readme_seg_script_example_runs():
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert namespace["latents"].shape == (1, 4, 16, 24) and torch.isfinite(namespace["latents"]).all()
     assert not any(type(p).__name__ == "SEGAttnProcessor" for p in namespace["unet"].attn_processors.values())
+
+
+@pytest.mark.parametrize("schedule", ["ddim", "karras", "exponential", "model"])
+def test_every_schedule_on_v_prediction(pipes, schedule):
+    result = run(pipes["sd2-v"], sampler="euler", schedule=schedule, seg_scale=3.0, seg_applied_layers=("up",))
+    plain = run(pipes["sd2-v"], sampler="euler", schedule=schedule)
+    assert torch.isfinite(result.latents).all() and result.batch_rows == 3 * STEPS
+    assert not torch.equal(result.latents, plain.latents)
