@@ -796,6 +796,8 @@ def test_glue_registers_once_builds_the_accordion_and_runs_a1111_seg(monkeypatch
         "cfg_after_cfg": 1,
         "before_ui": 1,
     }
+    # the axes exist from import on (API-only mode builds the X/Y/Z list before before_ui), and once
+    assert [a.label for a in xyz.axis_options] == ["SEG scale", "SEG blur sigma", "SEG layers"]
     callbacks["before_ui"][0]()
     assert [a.label for a in xyz.axis_options] == ["SEG scale", "SEG blur sigma", "SEG layers"]
     script = glue.Script()
@@ -839,6 +841,37 @@ def test_glue_registers_once_builds_the_accordion_and_runs_a1111_seg(monkeypatch
     with pytest.raises(ValueError, match="seg_applied_layers"):
         script.process_before_every_sampling(p, True, 3.0, "infinite", "u9")
     assert glue.ACTIVE["run"] is None and not any(m._forward_hooks for m in unet.modules())
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((True, 3.0, "infinite", "u9"), "seg_applied_layers"),  # a layer the model lacks
+        ((True, 3.0, "infinite", "input:4"), "seg_applied_layers"),
+        ((True, -2.0), "seg_scale"),
+        ((True, 3.0, "-1"), "seg_blur_sigma"),
+    ],
+)
+def test_glue_bad_input_fails_the_request_before_sampling(monkeypatch, unet, args, match):
+    """The webuis log a script hook's exception and generate anyway: ``process`` makes ``p.sample`` raise it
+    (called unguarded right after the scripts' ``process``), so the request fails and no infotext claims SEG."""
+    glue, _, _ = _glue(monkeypatch, forge=False)
+    sampled = []
+    p = types.SimpleNamespace(
+        sd_model=types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=unet)),
+        extra_generation_params={},
+        is_hr_pass=False,
+        enable_hr=False,
+        sample=lambda *a, **k: sampled.append(1),
+    )
+    glue.Script().process(p, *args)
+    with pytest.raises(ValueError, match=match):
+        p.sample()
+    assert sampled == [] and p.extra_generation_params == {} and glue.ACTIVE["run"] is None
+    good = types.SimpleNamespace(**{**vars(p), "sample": lambda *a, **k: sampled.append(1)})
+    glue.Script().process(good, True, 3.0, "infinite", "mid")
+    good.sample()
+    assert sampled == [1]
 
 
 def test_glue_on_forge_patches_a_clone_of_forge_objects_unet(monkeypatch, unet):

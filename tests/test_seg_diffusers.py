@@ -192,3 +192,11 @@ def test_half_precision_pipelines(dtype):
     pipe = tiny_pipeline("sdxl").to(dtype=dtype)
     result = run(pipe, sampler="euler", seg_scale=3.0, seg_blur_sigma=1.0, steps=2)
     assert torch.isfinite(result.latents).all() and result.batch_rows == 6
+
+
+@pytest.mark.parametrize("schedule", ["ddim", "karras", "exponential", "model"])
+def test_every_schedule_on_v_prediction(pipes, schedule):
+    result = run(pipes["sd2-v"], sampler="euler", schedule=schedule, seg_scale=3.0, seg_applied_layers=("up",))
+    plain = run(pipes["sd2-v"], sampler="euler", schedule=schedule)
+    assert torch.isfinite(result.latents).all() and result.batch_rows == 3 * STEPS
+    assert not torch.equal(result.latents, plain.latents)

@@ -21,7 +21,6 @@ from torch import nn
 
 from .guidance import CallCounter, CFGDenoiser
 from .sampling import sample_zigzag_ddim, sample_zigzag_dpmpp_2m, sample_zigzag_euler
-from .seg import seg_attention
 
 
 class ModelTimer(nn.Module):
@@ -100,12 +99,16 @@ class Method:
         return (("seg",) + seg,)
 
     def settings(self) -> tuple:
+        """What determines the samples: :meth:`plain_settings` and, with SEG on, :meth:`seg_settings`."""
+        return self.plain_settings() + self.seg_settings()
+
+    def plain_settings(self) -> tuple:
         """What determines the samples (``family`` and ``seeds`` do not): runs with equal settings are shared."""
         if self.lam == 0:
             if self.rule == "dpmpp_2m":
-                return ("standard dpmpp_2m", self.scale, self.steps, self.interval) + self.seg_settings()
-            return ("standard", self.scale, self.steps, self.interval) + self.seg_settings()
-        return (self.rule, self.scale, self.steps, self.inversion_scale, self.lam, self.interval) + self.seg_settings()
+                return ("standard dpmpp_2m", self.scale, self.steps, self.interval)
+            return ("standard", self.scale, self.steps, self.interval)
+        return (self.rule, self.scale, self.steps, self.inversion_scale, self.lam, self.interval)
 
 
 ZIGZAG_SAMPLERS = {"euler": sample_zigzag_euler, "ddim": sample_zigzag_ddim, "dpmpp_2m": sample_zigzag_dpmpp_2m}
@@ -179,6 +182,7 @@ def run_cost(steps: int = 50, repeats: int = 3, batch: int = 1) -> list[CostRow]
     from k_diffusion.external import DiscreteEpsDDPMDenoiser
 
     from .models import UNetEps, tiny_unet
+    from .seg import seg_attention
 
     torch.set_num_threads(1)
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2

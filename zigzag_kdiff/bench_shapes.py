@@ -539,6 +539,8 @@ def write_seg_outputs(runs: list[Run], config: Config, folder: str | Path) -> li
     folder.mkdir(parents=True, exist_ok=True)
     data = to_json(runs, config)
     data["paired"] = [asdict(test) for test in seg_comparisons(runs)]
+    for key in ("lambda_sweep", "gap_sweep", "equal_compute"):  # the main run's sweeps: not part of this one
+        data.pop(key)
     written = [folder / "seg.md", folder / "seg.json"]
     written[0].write_text(format_seg(runs, config))
     written[1].write_text(json.dumps(data, indent=1) + "\n")

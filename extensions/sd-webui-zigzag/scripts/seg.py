@@ -76,7 +76,26 @@ def _on_before_ui():
             sg.add_xyz_axes(module)
 
 
+# API-only mode (--nowebui) builds the X/Y/Z axis list before the before_ui callbacks run: add the axes at import
+# too (the built-in X/Y/Z script is imported before extension scripts; add_xyz_axes never duplicates a label).
+_on_before_ui()
 script_callbacks.on_before_ui(_on_before_ui)
+
+
+def _diffusion_model(p):
+    forge_objects = getattr(p.sd_model, "forge_objects", None)
+    return forge_objects.unet.model.diffusion_model if forge_objects is not None else p.sd_model.model.diffusion_model
+
+
+def _fail_before_sampling(p, error):
+    """The webuis report an exception of a script hook in the console and generate anyway (without SEG here);
+    ``process_images_inner`` calls ``p.sample`` right after the scripts' ``process``, unguarded: raise from there,
+    so the request fails with the clear ValueError before any UNet call."""
+
+    def sample(*args, **kwargs):
+        raise error
+
+    p.sample = sample
 
 
 class Script(scripts.Script):
@@ -118,13 +137,21 @@ class Script(scripts.Script):
 
     def process(self, p, *args):
         _close_run()  # whatever an interrupted or failed earlier generation left
+        try:  # bad input: a clear ValueError before any model call, nothing applied
+            seg_args = sg.SEGArgs.from_script_args(args).with_overrides(getattr(p, sg.OVERRIDES_ATTR, None))
+            for hires_pass in (False, True) if getattr(p, "enable_hr", False) else (False,):
+                seg_args.options(hires_pass=hires_pass)
+            if seg_args.enabled:
+                sg.layer_check(_diffusion_model(p), seg_args.seg_applied_layers)
+        except ValueError as error:
+            _fail_before_sampling(p, error)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         _close_run()
         seg_args = sg.SEGArgs.from_script_args(args).with_overrides(getattr(p, sg.OVERRIDES_ATTR, None))
         options = seg_args.options(hires_pass=bool(getattr(p, "is_hr_pass", False)))
-        p.extra_generation_params.update(sg.infotext_params(seg_args))
         if options is None:
+            p.extra_generation_params.update(sg.infotext_params(seg_args))
             return
         if FORGE_HOST is not None and hasattr(p.sd_model, "forge_objects"):
             unet = p.sd_model.forge_objects.unet
@@ -141,6 +168,7 @@ class Script(scripts.Script):
                 notify=print,
                 current_unet=lambda: shared.sd_model.model.diffusion_model,  # the refiner switch swaps it
             )
+        p.extra_generation_params.update(sg.infotext_params(seg_args))  # only once SEG is really applied
 
     def postprocess(self, p, processed, *args):
         _close_run()
