@@ -14,11 +14,11 @@ def _log(message: str) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.which == "cost":
-        from .bench import format_cost, run_cost
+        from .bench.common import format_cost, run_cost
 
         print(format_cost(run_cost(steps=args.steps, repeats=args.repeats), args.steps))
     elif args.which == "gmm":
-        from . import bench_gmm
+        from .bench import gmm as bench_gmm
 
         config = bench_gmm.QUICK if args.quick else bench_gmm.Config()
         if args.first_seed is not None:
@@ -31,7 +31,7 @@ def _bench(args: argparse.Namespace) -> int:
                 _log(f"wrote {path}")
         _log(f"bench gmm: {time.perf_counter() - start:.0f}s")
     elif args.which == "shapes":
-        from . import bench_shapes
+        from .bench import shapes as bench_shapes
 
         config = bench_shapes.QUICK if args.quick else bench_shapes.Config()
         start = time.perf_counter()
@@ -60,7 +60,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _bench_convergence(args: argparse.Namespace) -> None:
-    from . import bench_convergence as bc
+    from .bench import convergence as bc
 
     start = time.perf_counter()
     log = _log if args.verbose else None
@@ -88,7 +88,7 @@ def _bench_convergence(args: argparse.Namespace) -> None:
 
 
 def _replicate(args: argparse.Namespace) -> int:
-    from .replicate import compare_files, format_pairs
+    from .bench.replicate import compare_files, format_pairs
 
     for path in (args.reference, args.replicate):
         if not Path(path).is_file():
