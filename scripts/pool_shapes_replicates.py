@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zigzag_kdiff import bench_shapes  # noqa: E402
+from zigzag_kdiff.bench import shapes as bench_shapes  # noqa: E402
 
 PAIRS = (("Z ddim γ₁=3 γ₂=0 λ=19 T=20", "CFG 3 T=20"), ("Z ddim γ₁=3 γ₂=0 λ=19 T=20", "CFG 3 T=49"))
 

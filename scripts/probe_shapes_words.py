@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zigzag_kdiff import bench_shapes, shapes  # noqa: E402
+from zigzag_kdiff.bench import shapes as bench_shapes  # noqa: E402
+from zigzag_kdiff.bench import shapes_task as shapes  # noqa: E402
 
 OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 

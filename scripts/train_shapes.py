@@ -3,7 +3,7 @@
 A diffusers ``UNet2DConditionModel`` (pixel space, 3 channels, 16×16, cross- and self-attention) and a
 small transformers ``CLIPTextModel`` with a word-level tokenizer, trained jointly with the ε-prediction
 loss on SD's scaled-linear schedule (β 0.00085…0.012, 1000 steps), fresh procedural images every
-step (:mod:`zigzag_kdiff.shapes`), 10 % empty prompts so classifier-free guidance works. The saved
+step (:mod:`zigzag_kdiff.bench.shapes_task`), 10 % empty prompts so classifier-free guidance works. The saved
 weights are an exponential moving average. Deterministic for a given seed and step count on CPU.
 
     # the bundled model, in two stages of 3000 steps (28 min on 1 thread + 22 min on 2 threads here)
@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zigzag_kdiff import shapes  # noqa: E402
+from zigzag_kdiff.bench import shapes_task as shapes  # noqa: E402
 
 
 def build_models(seed: int, init: Path | None = None) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from zigzag_kdiff import CallCounter, CFGDenoiser
-from zigzag_kdiff.gmm import UNCONDITIONAL, GaussianMixture
+from zigzag_kdiff.bench.mixture import UNCONDITIONAL, GaussianMixture
 
 
 def karras_sigmas(steps: int, sigma_min: float = 0.02, sigma_max: float = 20.0, rho: float = 7.0) -> torch.Tensor:

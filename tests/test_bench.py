@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from zigzag_kdiff import bench_gmm, shapes
-from zigzag_kdiff.shapes import ShapeSpec, check_image
+from zigzag_kdiff.bench import gmm as bench_gmm
+from zigzag_kdiff.bench import shapes_task as shapes
+from zigzag_kdiff.bench.shapes_task import ShapeSpec, check_image
 
 # --- exact Gaussian mixtures --------------------------------------------------------------------------
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from zigzag_kdiff import bench_convergence as bc
-from zigzag_kdiff import bench_gmm
+from zigzag_kdiff.bench import convergence as bc
+from zigzag_kdiff.bench import gmm as bench_gmm
 from zigzag_kdiff.cli import main
 
 TINY = bc.Config(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from zigzag_kdiff import shapes
+from zigzag_kdiff.bench import shapes_task as shapes
 
 # --- the bundled model and the shapes benchmark -----------------------------------------------------------
 
@@ -28,13 +28,13 @@ def test_bundled_model_is_safetensors_only_and_loads_as_a_diffusers_folder():
 
 @pytest.fixture(scope="module")
 def quick_shapes():
-    from zigzag_kdiff import bench_shapes
+    from zigzag_kdiff.bench import shapes as bench_shapes
 
     return bench_shapes.run_shapes(bench_shapes.QUICK)
 
 
 def test_shapes_bench_quick_runs_paired_and_counts_rows(quick_shapes):
-    from zigzag_kdiff import bench_shapes
+    from zigzag_kdiff.bench import shapes as bench_shapes
 
     config = bench_shapes.QUICK
     runs = {run.method.label: run for run in quick_shapes}
@@ -51,7 +51,7 @@ def test_shapes_bench_quick_runs_paired_and_counts_rows(quick_shapes):
 
 
 def test_shapes_sampling_is_deterministic():
-    from zigzag_kdiff import bench_shapes
+    from zigzag_kdiff.bench import shapes as bench_shapes
 
     model = bench_shapes.load_model()
     cond = model.encode(["one red square on the left", "three blue squares at the top"])
@@ -67,7 +67,7 @@ def test_shapes_sampling_is_deterministic():
 
 
 def test_first_seed_selects_an_independent_seed_range():
-    from zigzag_kdiff import bench_shapes
+    from zigzag_kdiff.bench import shapes as bench_shapes
 
     base = bench_shapes.initial_noise(3, 2)
     shifted = bench_shapes.initial_noise(2, 2, first_seed=1)
@@ -75,7 +75,7 @@ def test_first_seed_selects_an_independent_seed_range():
 
 
 def test_shapes_tables_shape(quick_shapes):
-    from zigzag_kdiff import bench_shapes
+    from zigzag_kdiff.bench import shapes as bench_shapes
 
     text = bench_shapes.format_shapes(quick_shapes, bench_shapes.QUICK)
     lines = text.splitlines()
@@ -96,7 +96,7 @@ def test_shapes_tables_shape(quick_shapes):
 def test_shapes_results_round_trip_through_json(quick_shapes, tmp_path):
     import json
 
-    from zigzag_kdiff import bench_shapes
+    from zigzag_kdiff.bench import shapes as bench_shapes
 
     path = tmp_path / "shapes.json"
     path.write_text(json.dumps(bench_shapes.to_json(quick_shapes, bench_shapes.QUICK)))
@@ -108,7 +108,7 @@ def test_shapes_results_round_trip_through_json(quick_shapes, tmp_path):
 def test_cli_bench_shapes_renders_stored_outcomes(quick_shapes, tmp_path, capsys):
     import json
 
-    from zigzag_kdiff import bench_shapes
+    from zigzag_kdiff.bench import shapes as bench_shapes
     from zigzag_kdiff.cli import main
 
     path = tmp_path / "shapes.json"

@@ -12,7 +12,15 @@ pytest.importorskip("diffusers")
 pytest.importorskip("k_diffusion")
 
 from zigzag_kdiff.cli import main  # noqa: E402
-from zigzag_kdiff.compare import METHODS, CompareSettings, a1111_parameters, build_methods  # noqa: E402
+from zigzag_kdiff.compare import (  # noqa: E402
+    METHODS,
+    CompareSettings,
+    a1111_parameters,
+    build_methods,
+    column_label,
+    default_threads,
+    row_label,
+)
 
 FAST = ["--threads", "1", "--quiet"]
 
@@ -139,3 +147,33 @@ def test_default_model_is_the_bundled_shapes_model(tmp_path):
 
     with Image.open(out / summary["images"][0]["file"]) as image:
         assert image.size == (16, 16)
+
+
+def test_grid_labels_show_the_prompt_the_seed_and_the_scales():
+    assert row_label("two red squares on the left", 3) == "two red squares on\nthe left\nseed 3"
+    long = row_label("a very small yellow dog sitting on a red chair beside a window at night", 0)
+    assert long.splitlines()[-1] == "seed 0" and len(long.splitlines()) == 4 and long.splitlines()[2].endswith("...")
+    settings = CompareSettings(steps=10, cfg_scale=5.5, inversion_scale=1.0, zigzag_rounds=2)
+    labels = {m.key: column_label(m) for m in build_methods(settings)}
+    assert labels["euler"] == "Euler\nγ₁=5.5"
+    assert labels["zigzag_euler"] == "Z-Sampling (Euler)\nγ₁=5.5, γ₂=1, λ=9, T_max=2"
+    assert labels["cfg_matched"] == "Euler, CFG 10 (matched)\n= 2·γ₁ − γ₂"
+    seg = build_methods(CompareSettings(steps=4, methods=["zigzag_euler_seg"]))[0]
+    assert column_label(seg) == "Z-Sampling (Euler) + SEG\nγ₁=5.5, γ₂=0, λ=3, s_seg=3"
+
+
+def test_default_threads_do_not_oversubscribe_a_small_cpu(monkeypatch):
+    assert default_threads("shapes", "cpu") == 1 and default_threads("tiny-sdxl", "cpu") == 1
+    assert default_threads("/models/sd15", "cuda") is None and default_threads("shapes", "cuda:0") is None
+    for cores, threads in [(1, 1), (2, 1), (6, 3), (64, 4), (None, 1)]:
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert default_threads("/models/sd15", "cpu") == threads
+
+
+def test_compare_without_threads_runs_the_bundled_model_on_one_thread(tmp_path):
+    torch.set_num_threads(2)
+    out = tmp_path / "out"
+    argv = ["compare", "--steps", "1", "--methods", "euler", "--seeds", "0", "--device", "cpu", "--quiet"]
+    assert main(argv + ["--out", str(out)]) == 0
+    assert torch.get_num_threads() == 1
+    assert json.loads((out / "compare.json").read_text())["settings"]["threads"] == 1

@@ -22,10 +22,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-# Paths that the layout branch (issue 14: the evidence rig in zigzag_kdiff/bench/, the install script, the
-# changelog) adds; until it is merged they may be missing here. Once they exist they are checked like any other.
-PENDING = ("zigzag_kdiff/bench", "CHANGELOG.md", "scripts/install-dev.sh")
-
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
 
@@ -105,9 +101,6 @@ def test_the_examples_are_found():
 
 @pytest.mark.parametrize("page, line, code", PYTHON, ids=[f"{_rel(p)}:{n}" for p, n, _ in PYTHON])
 def test_python_example_runs(page, line, code, tmp_path, monkeypatch):
-    if "zigzag_kdiff.bench." in code:  # written for the layout branch's module paths (issue 14)
-        if not (ROOT / "zigzag_kdiff" / "bench").is_dir():
-            pytest.skip("zigzag_kdiff/bench/ is not merged yet")
     monkeypatch.chdir(tmp_path)  # examples that save files write them here
     namespace: dict = {}
     for original, replacement in PREPARE.values():
@@ -145,7 +138,7 @@ def _inline_cli_commands() -> list[tuple[Path, str]]:
 
 def _exists(relative: str) -> bool:
     relative = relative.rstrip("/")
-    return (ROOT / relative).exists() or (any(relative == p or relative.startswith(p + "/") for p in PENDING))
+    return (ROOT / relative).exists()
 
 
 def test_cli_commands_parse_and_named_files_exist():

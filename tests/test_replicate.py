@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from zigzag_kdiff import cli
-from zigzag_kdiff.replicate import compare, format_pairs
+from zigzag_kdiff.bench.replicate import compare, format_pairs
 
 
 def bench_json(delta: list[float], logit: list[float]) -> dict:

@@ -7,7 +7,7 @@ import torch
 from conftest import guided_args, initial_noise, karras_sigmas
 
 from zigzag_kdiff import CFGDenoiser, sample_zigzag_ddim, sample_zigzag_dpmpp_2m, sample_zigzag_euler
-from zigzag_kdiff.gmm import GaussianMixture
+from zigzag_kdiff.bench.mixture import GaussianMixture
 
 SAMPLERS = [sample_zigzag_euler, sample_zigzag_ddim, sample_zigzag_dpmpp_2m]
 PLAIN = {
@@ -213,8 +213,8 @@ def test_dpmpp_2m_history_is_the_final_denoised_prediction_moved_with_the_latent
 def convergence_errors():
     """Mean ‖x_T − x_320‖ of each rule at T = 5, 10, 20, 40 (same method, γ₁ = 4, γ₂ = 0, λ = T − 1) on the
     16-D benchmark mixture of ``bench gmm``, 96 samples, float32."""
-    from zigzag_kdiff.bench_gmm import MIXTURES
-    from zigzag_kdiff.gmm import UNCONDITIONAL
+    from zigzag_kdiff.bench.gmm import MIXTURES
+    from zigzag_kdiff.bench.mixture import UNCONDITIONAL
 
     mixture = MIXTURES[1].build()
     labels = torch.arange(3).repeat_interleave(32)

@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("k_diffusion")
 
-from zigzag_kdiff import bench_shapes  # noqa: E402
-from zigzag_kdiff.bench import Method  # noqa: E402
+from zigzag_kdiff.bench import shapes as bench_shapes  # noqa: E402
+from zigzag_kdiff.bench.common import Method  # noqa: E402
 from zigzag_kdiff.cli import main  # noqa: E402
 
 QUICK_SEG = replace(bench_shapes.QUICK, seeds=1, prompts=4, steps=4)
@@ -73,7 +73,7 @@ def test_seg_changes_the_images_and_is_deterministic():
 
 
 def test_bench_cost_counts_the_blurred_rows():
-    from zigzag_kdiff.bench import format_cost, run_cost
+    from zigzag_kdiff.bench.common import format_cost, run_cost
 
     steps = 3
     threads = torch.get_num_threads()

@@ -14,11 +14,11 @@ def _log(message: str) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.which == "cost":
-        from .bench import format_cost, run_cost
+        from .bench.common import format_cost, run_cost
 
         print(format_cost(run_cost(steps=args.steps, repeats=args.repeats), args.steps))
     elif args.which == "gmm":
-        from . import bench_gmm
+        from .bench import gmm as bench_gmm
 
         config = bench_gmm.QUICK if args.quick else bench_gmm.Config()
         if args.first_seed is not None:
@@ -31,7 +31,7 @@ def _bench(args: argparse.Namespace) -> int:
                 _log(f"wrote {path}")
         _log(f"bench gmm: {time.perf_counter() - start:.0f}s")
     elif args.which == "shapes":
-        from . import bench_shapes
+        from .bench import shapes as bench_shapes
 
         config = bench_shapes.QUICK if args.quick else bench_shapes.Config()
         start = time.perf_counter()
@@ -60,7 +60,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _bench_convergence(args: argparse.Namespace) -> None:
-    from . import bench_convergence as bc
+    from .bench import convergence as bc
 
     start = time.perf_counter()
     log = _log if args.verbose else None
@@ -88,7 +88,7 @@ def _bench_convergence(args: argparse.Namespace) -> None:
 
 
 def _replicate(args: argparse.Namespace) -> int:
-    from .replicate import compare_files, format_pairs
+    from .bench.replicate import compare_files, format_pairs
 
     for path in (args.reference, args.replicate):
         if not Path(path).is_file():
@@ -109,7 +109,7 @@ def _torch_dtype(name: str, device: str) -> object:
 def _compare(args: argparse.Namespace) -> int:
     import torch
 
-    from .compare import CompareSettings, run_compare
+    from .compare import CompareSettings, default_threads, run_compare
     from .diffusers import load_pipeline
 
     settings = CompareSettings(
@@ -134,14 +134,17 @@ def _compare(args: argparse.Namespace) -> int:
         seg_interval=tuple(args.seg_interval) if args.seg_interval else None,
     )
     settings.validate()  # before loading a model
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"threads must be >= 1, got {args.threads}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    threads = args.threads if args.threads is not None else default_threads(args.model, device)
+    if threads is not None:
+        torch.set_num_threads(threads)
     dtype = _torch_dtype(args.dtype, device)
     pipe = load_pipeline(args.model, device=device, dtype=dtype, config=args.model_config)
-    summary = run_compare(pipe, settings, args.out, progress=not args.quiet, device=device, dtype=str(dtype))
+    summary = run_compare(
+        pipe, settings, args.out, progress=not args.quiet, device=device, dtype=str(dtype), threads=threads
+    )
     print(f"{'method':<28} {'model calls':>11} {'UNet rows':>9} {'s/image':>8}")
     for method in summary["methods"]:
         print(
@@ -224,7 +227,12 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         help="SEG methods: the blurred pass only for sigma in [low, high]",
     )
     compare.add_argument("--out", default="compare-out", help="output folder (default compare-out)")
-    compare.add_argument("--threads", type=int, help="CPU threads for torch (tiny models on CPU: 1 is fastest)")
+    compare.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default on CPU: 1 for the bundled and tiny models, else half the cores, "
+        "at most 4; on an accelerator: torch's default)",
+    )
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
     compare.set_defaults(run=_compare)
 

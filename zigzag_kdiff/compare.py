@@ -7,14 +7,16 @@ CFG at the *matched strength* 2·γ₁ − γ₂, the scale one zigzag pair roug
 notes), so a viewer can tell what Z-Sampling adds beyond stronger guidance.
 
 Writes, in the output folder: one PNG per image with an A1111-style ``parameters`` text chunk, a
-labelled ``grid.png`` (a column per method, a row per prompt × seed) and ``compare.json`` with the
-settings, model-call counts, batch rows and wall times. Requires the ``[diffusers]`` extra.
+labelled ``grid.png`` (a column per method titled with its γ₁, γ₂, λ; a row per prompt × seed, labelled with
+the prompt text and the seed) and ``compare.json`` with the settings, model-call counts, batch rows and wall
+times. Requires the ``[diffusers]`` extra.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import textwrap
 import time
 from dataclasses import asdict, dataclass, field
@@ -91,8 +93,8 @@ class CompareSettings:
 
 @dataclass
 class Method:
-    """One column: ``label`` heads the grid (ASCII, the default font has no Greek), ``sampler_name``
-    is the ``Sampler:`` written into the PNG's parameters."""
+    """One column: ``label`` names it (grid title, JSON, the CLI's table), ``sampler_name`` is the
+    ``Sampler:`` written into the PNG's parameters."""
 
     key: str
     label: str
@@ -148,6 +150,62 @@ def build_methods(settings: CompareSettings) -> list[Method]:
     return [all_methods[key] for key in settings.methods]
 
 
+def column_label(method: Method) -> str:
+    """The grid's column title: the method, then its scales in the papers' symbols (γ₁; Z-Sampling: γ₂, λ and
+    T_max when not 1; the matched column: its scale 2·γ₁ − γ₂)."""
+    if method.key == "cfg_matched":
+        return f"Euler, CFG {method.cfg_scale:g} (matched)\n= 2·γ₁ − γ₂"
+    scales = [f"γ₁={method.cfg_scale:g}"]
+    if method.sampler.startswith("zigzag"):
+        scales += [f"γ₂={method.options['inversion_scale']:g}", f"λ={method.options['zigzag_steps']}"]
+        if method.options["zigzag_rounds"] != 1:
+            scales.append(f"T_max={method.options['zigzag_rounds']}")
+    if method.seg:
+        scales.append(f"s_seg={method.seg['seg_scale']:g}")
+    return f"{method.label}\n{', '.join(scales)}"
+
+
+def row_label(prompt: str, seed: int, width: int = 20, max_lines: int = 3) -> str:
+    """The grid's row label: the prompt wrapped to ``width`` characters (at most ``max_lines``, then
+    abbreviated), then the seed."""
+    lines = textwrap.wrap(prompt, width=width, max_lines=max_lines, placeholder=" ...") or ['""']
+    return "\n".join([*lines, f"seed {seed}"])
+
+
+def default_threads(model: str, device: str) -> int | None:
+    """torch's CPU threads when ``--threads`` is not given. On a CPU: 1 for the bundled and tiny models (their
+    layers are too small to split; extra threads only contend on a busy machine), else half the cores, at
+    most 4. ``None`` on an accelerator: torch's default."""
+    if not device.startswith("cpu"):
+        return None
+    if model == "shapes" or model.startswith("tiny"):
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
+ASCII_SYMBOLS = str.maketrans({"γ": "g", "₁": "1", "₂": "2", "λ": "lambda", "·": "*", "−": "-"})
+"""Label text for a font without Greek (no DejaVu Sans found): γ₁ → g1, λ → lambda."""
+
+
+def _grid_font() -> tuple[Any, bool]:
+    """DejaVu Sans (system fonts, else matplotlib's copy) and True; Pillow's default font (no Greek) and False."""
+    from PIL import ImageFont
+
+    candidates = ["DejaVuSans.ttf"]
+    try:
+        import matplotlib
+
+        candidates.append(str(Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"))
+    except ImportError:
+        pass
+    for name in candidates:
+        try:
+            return ImageFont.truetype(name, 11), True
+        except OSError:
+            continue
+    return ImageFont.load_default(), False
+
+
 def a1111_parameters(prompt: str, settings: CompareSettings, method: Method, seed: int, width: int, height: int) -> str:
     """The A1111-style ``parameters`` string: prompt, negative prompt, then ``key: value`` pairs."""
     pairs = [
@@ -196,17 +254,21 @@ def save_png(image: Any, path: Path, parameters: str) -> None:
 
 
 def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
-    """Greedy word wrap of ``text`` to lines that fit ``width`` pixels."""
+    """Greedy word wrap of each line of ``text`` to lines that fit ``width`` pixels."""
     average = max(1, draw.textlength("abcdefghij", font=font) / 10)
-    return textwrap.wrap(text, width=max(4, int(width / average))) or [""]
+    return [wrapped for line in text.split("\n") for wrapped in textwrap.wrap(line, max(4, int(width / average)))]
 
 
 def make_grid(tiles: list[list[Any]], column_labels: list[str], row_labels: list[str], min_tile: int = 128) -> Any:
     """A labelled grid image: ``tiles[row][column]`` PIL images, labels above columns and left of rows.
-    Tiles smaller than ``min_tile`` pixels are enlarged (nearest neighbour) so labels stay legible."""
-    from PIL import Image, ImageDraw, ImageFont
+    Tiles smaller than ``min_tile`` pixels are enlarged (nearest neighbour) so labels stay legible. Labels may
+    hold line breaks; without a font that has Greek, γ₁/γ₂/λ are spelled g1/g2/lambda."""
+    from PIL import Image, ImageDraw
 
-    font = ImageFont.load_default()
+    font, greek = _grid_font()
+    if not greek:
+        column_labels = [label.translate(ASCII_SYMBOLS) for label in column_labels]
+        row_labels = [label.translate(ASCII_SYMBOLS) for label in row_labels]
     tile_w, tile_h = tiles[0][0].size
     zoom = max(1, math.ceil(min_tile / max(1, min(tile_w, tile_h))))
     tile_w, tile_h = tile_w * zoom, tile_h * zoom
@@ -242,6 +304,7 @@ def run_compare(
     progress: bool = True,
     device: str = "",
     dtype: str = "",
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Generate every (prompt, seed, method) image, write PNGs, ``grid.png`` and ``compare.json``;
     return the JSON's content."""
@@ -301,12 +364,13 @@ def run_compare(
                     row.append(image)
                     bar.update()
                 tiles.append(row)
-                row_labels.append(f"prompt {p + 1}\nseed {seed}" if len(settings.prompts) > 1 else f"seed {seed}")
-    grid = make_grid(tiles, [m.label for m in methods], row_labels)
+                row_labels.append(row_label(prompt, seed))
+    grid = make_grid(tiles, [column_label(m) for m in methods], row_labels)
     grid.save(out / "grid.png")
     summary = {
         "zigzag_kdiff": __version__,
-        "settings": {**asdict(settings), "matched_scale": settings.matched_scale, "device": device, "dtype": dtype},
+        "settings": {**asdict(settings), "matched_scale": settings.matched_scale, "device": device, "dtype": dtype,
+                     "threads": threads},
         "methods": [_method_summary(method, records) for method in methods],
         "images": records,
         "grid": "grid.png",

@@ -375,7 +375,7 @@ def _sample_zigzag(
     guidance_interval: GuidanceInterval | tuple[float, float] | None,
     call_at_scale: CallAtScale | None,
     cond_scale: float | None,
-    move_history: bool = True,  # False only for the diagnostic in bench_convergence
+    move_history: bool = True,  # False only for the diagnostic in bench.convergence
 ) -> torch.Tensor:
     extra_args = {} if extra_args is None else extra_args
     _check_sigmas(sigmas)

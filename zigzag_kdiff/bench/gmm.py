@@ -1,6 +1,6 @@
 """``zigzag-kdiff bench gmm``: is Z-Sampling better than simply raising CFG? Exact answers on Gaussian mixtures.
 
-Class-conditional Gaussian mixtures (:class:`zigzag_kdiff.gmm.GaussianMixture`) have closed-form
+Class-conditional Gaussian mixtures (:class:`zigzag_kdiff.bench.mixture.GaussianMixture`) have closed-form
 denoisers, class posteriors and class moments, so every metric here is exact up to sampling noise:
 
 * adherence: mean logit of the exact class posterior p(c∣x) of the requested class, and accuracy
@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bench import Method, sample_method, save_figure
-from .gmm import UNCONDITIONAL, GaussianMixture
-from .guidance import CallCounter, CFGDenoiser
+from ..guidance import CallCounter, CFGDenoiser
+from .common import Method, sample_method, save_figure
+from .mixture import UNCONDITIONAL, GaussianMixture
 
 CFG_SCALES = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 14.0)
 ZIGZAG_SCALES = (1.5, 2.5, 4.0, 5.5, 7.0)

@@ -39,7 +39,7 @@ COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom"}
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")
 MAX_TOKENS = 8  # <bos> + the longest prompt (6 words) + <eos>
-BUNDLED_MODEL = Path(__file__).parent / "models_data" / "shapes16"
+BUNDLED_MODEL = Path(__file__).parent.parent / "models_data" / "shapes16"
 
 
 @dataclass(frozen=True)

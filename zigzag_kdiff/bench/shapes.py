@@ -8,7 +8,7 @@ same code path as an SD user's: k-diffusion's ``DiscreteEpsDDPMDenoiser`` over
 DDIM sigmas (:func:`zigzag_kdiff.ddim_sigmas`), batched over prompts × seeds with the same initial
 noise for every method.
 
-Every image is scored by the rule checker :func:`zigzag_kdiff.shapes.check_image` (count, colour,
+Every image is scored by the rule checker :func:`zigzag_kdiff.bench.shapes_task.check_image` (count, colour,
 position, cleanliness; "all correct" = count ∧ colour ∧ position). Methods are compared on paired
 images (same prompt, same seed) with McNemar's exact test (scipy.stats.binomtest on the discordant
 pairs) against standard CFG at the same scale, against the sweep's best scale, and against standard
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import shapes
-from .bench import Method, sample_method, save_figure
-from .guidance import CallCounter, CFGDenoiser
-from .sampling import ddim_sigmas
-from .seg import seg_attention
+from ..guidance import CallCounter, CFGDenoiser
+from ..sampling import ddim_sigmas
+from ..seg import seg_attention
+from . import shapes_task
+from .common import Method, sample_method, save_figure
 
 __all__ = [
     "Config",
@@ -54,7 +54,7 @@ class Config:
     model: str | None = None  # a diffusers folder; None: the bundled model
     seeds: int = 20
     first_seed: int = 0  # seeds first_seed … first_seed + seeds − 1 (another range: an independent replicate)
-    prompts: int = 72  # the first n of shapes.all_specs()
+    prompts: int = 72  # the first n of shapes_task.all_specs()
     steps: int = 20
     cfg_scales: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0, 8.0)
     rule: str = "ddim"  # Z-Sampling's rule in the main run and the sweeps (the paper's eq. 4)
@@ -170,7 +170,7 @@ class ShapesModel:
         """k-diffusion's ``DiscreteEpsDDPMDenoiser`` over the UNet (as for SD)."""
         from k_diffusion.external import DiscreteEpsDDPMDenoiser
 
-        from .models import UNetEps
+        from ..models import UNetEps
 
         return DiscreteEpsDDPMDenoiser(UNetEps(self.unet), self.alphas_cumprod, quantize=True)
 
@@ -181,7 +181,7 @@ def load_model(folder: str | Path | None = None) -> ShapesModel:
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
-    folder = Path(folder) if folder is not None else shapes.BUNDLED_MODEL
+    folder = Path(folder) if folder is not None else shapes_task.BUNDLED_MODEL
     if not (folder / "unet").is_dir():
         raise ValueError(
             f"model must be a diffusers folder with unet/, text_encoder/, tokenizer/ and scheduler/, got {folder}"
@@ -199,7 +199,7 @@ def load_model(folder: str | Path | None = None) -> ShapesModel:
 def initial_noise(seeds: int, prompts: int, first_seed: int = 0) -> torch.Tensor:
     """Unit noise ``[seeds, prompts, 3, 16, 16]``; seed s (``first_seed`` … ``first_seed + seeds − 1``) draws
     from ``torch.Generator().manual_seed(s)``."""
-    shape = (prompts, 3, shapes.IMAGE_SIZE, shapes.IMAGE_SIZE)
+    shape = (prompts, 3, shapes_task.IMAGE_SIZE, shapes_task.IMAGE_SIZE)
     seed_range = range(first_seed, first_seed + seeds)
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seed_range])
 
@@ -233,9 +233,9 @@ def generate(
     return torch.cat(images), counter.rows / len(noise)
 
 
-def score(images: torch.Tensor, specs: list[shapes.ShapeSpec]) -> dict[str, np.ndarray]:
+def score(images: torch.Tensor, specs: list[shapes_task.ShapeSpec]) -> dict[str, np.ndarray]:
     """Checker outcomes per image: ``{attribute: bool array}``."""
-    results = [shapes.check_image(image.numpy(), spec) for image, spec in zip(images, specs)]
+    results = [shapes_task.check_image(image.numpy(), spec) for image, spec in zip(images, specs)]
     outcomes = {name: np.array([getattr(r, name) for r in results]) for name in ATTRIBUTES if name != "count_colour"}
     outcomes["count_colour"] = outcomes["count"] & outcomes["colour"]
     return outcomes
@@ -261,7 +261,7 @@ def run_shapes(config: Config = Config(), log=None, keep_images: bool = False, s
     (:func:`seg_methods`) instead."""
     torch.set_num_threads(config.threads)
     model = load_model(config.model)
-    specs = shapes.all_specs()[: config.prompts]
+    specs = shapes_task.all_specs()[: config.prompts]
     cond = model.encode([spec.prompt for spec in specs])
     uncond = model.encode([""])
     noise = initial_noise(config.seeds, config.prompts, config.first_seed)
@@ -343,7 +343,7 @@ class Paired:
 def paired_attribute(a: np.ndarray, b: np.ndarray) -> PairedAttribute:
     from scipy import stats
 
-    from .bench_gmm import mean_ci
+    from .gmm import mean_ci
 
     a, b = np.asarray(a, dtype=bool).ravel(), np.asarray(b, dtype=bool).ravel()
     wins, losses = int((a & ~b).sum()), int((~a & b).sum())
@@ -791,7 +791,7 @@ def sample_grid(config: Config, path: str | Path, seeds: int = 2) -> Path:
 
     torch.set_num_threads(config.threads)
     model = load_model(config.model)
-    specs = [s for i, s in enumerate(shapes.all_specs()) if i % 4 == (i // 4) % 4]  # positions cycle
+    specs = [s for i, s in enumerate(shapes_task.all_specs()) if i % 4 == (i // 4) % 4]  # positions cycle
     cond = model.encode([s.prompt for s in specs])
     uncond = model.encode([""])
     ref = config.reference_scale

@@ -1,6 +1,6 @@
 """Z-Sampling on DPM++ 2M: how close do the step rules get to their T → ∞ limit, and does it matter?
 
-``zigzag-kdiff bench convergence`` (exact Gaussian mixtures, :mod:`zigzag_kdiff.gmm`):
+``zigzag-kdiff bench convergence`` (exact Gaussian mixtures, :mod:`zigzag_kdiff.bench.mixture`):
 
 * **Convergence.** Z-Sampling with T steps follows an ODE-like path whose limit for T → ∞ exists. For
   each method (zigzag Euler, zigzag DDIM, zigzag DPM++ 2M, and standard Euler / DPM++ 2M) the error of
@@ -9,7 +9,7 @@
   log₂(e_T / e_2T).
 * **Matched adherence.** At T = 10, 20, 30: Fréchet distance (FD) of each zigzag rule against the CFG
   sweep of standard DPM++ 2M (and standard Euler) at the same T, interpolated at the method's adherence,
-  as in ``bench gmm`` (:func:`zigzag_kdiff.bench_gmm.matched`).
+  as in ``bench gmm`` (:func:`zigzag_kdiff.bench.gmm.matched`).
 
 ``zigzag-kdiff bench shapes-dpmpp`` (the bundled shapes16 model, DDIM sigmas): zigzag DPM++ 2M against
 DPM++ 2M at T = 10 and 20 on paired images (same prompt and seed), with the statistics of ``bench shapes``
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import bench, bench_gmm, bench_shapes, shapes
-from .bench import Method, save_figure
-from .gmm import UNCONDITIONAL
-from .guidance import CFGDenoiser
-from .sampling import Denoise, _sample_zigzag, invert_euler, step_dpmpp_2m
+from ..guidance import CFGDenoiser
+from ..sampling import Denoise, _sample_zigzag, invert_euler, step_dpmpp_2m
+from . import common, gmm, shapes, shapes_task
+from .common import Method, save_figure
+from .mixture import UNCONDITIONAL
 
 __all__ = [
     "Config",
@@ -64,7 +64,7 @@ NAMES = {
 
 @dataclass(frozen=True)
 class Config:
-    mixtures: tuple[bench_gmm.Mixture, ...] = bench_gmm.MIXTURES[:2]  # d = 2 and d = 16
+    mixtures: tuple[gmm.Mixture, ...] = gmm.MIXTURES[:2]  # d = 2 and d = 16
     seeds: int = 12
     first_seed: int = 0
     per_class: int = 128
@@ -72,15 +72,15 @@ class Config:
     steps: tuple[int, ...] = (5, 10, 20, 40, 80)
     reference_steps: int = 400
     matched_steps: tuple[int, ...] = (10, 20, 30)
-    cfg_scales: tuple[float, ...] = bench_gmm.CFG_SCALES
-    zigzag_scales: tuple[float, ...] = bench_gmm.ZIGZAG_SCALES
+    cfg_scales: tuple[float, ...] = gmm.CFG_SCALES
+    zigzag_scales: tuple[float, ...] = gmm.ZIGZAG_SCALES
     sigma_min: float = 0.02
     sigma_max: float = 20.0
     diagnostic: bool = True  # also run the UNMOVED_NAME and EXACT_INVERSION diagnostics
 
-    def gmm_config(self) -> bench_gmm.Config:
+    def gmm_config(self) -> gmm.Config:
         """The ``bench gmm`` config whose noise, seeds and sigmas these runs share."""
-        return bench_gmm.Config(
+        return gmm.Config(
             mixtures=self.mixtures,
             seeds=self.seeds,
             first_seed=self.first_seed,
@@ -91,7 +91,7 @@ class Config:
 
 
 QUICK = Config(
-    mixtures=bench_gmm.MIXTURES[1:2],
+    mixtures=gmm.MIXTURES[1:2],
     seeds=4,
     per_class=32,
     steps=(5, 10, 20),
@@ -148,7 +148,7 @@ def sample_unmoved_history(model, x, sigmas, extra_args, disable=True, inversion
     )  # fmt: skip
 
 
-bench.ZIGZAG_SAMPLERS.setdefault(UNMOVED, sample_unmoved_history)  # runnable by sample_method, for diagnostics
+common.ZIGZAG_SAMPLERS.setdefault(UNMOVED, sample_unmoved_history)  # runnable by sample_method, for diagnostics
 
 
 @dataclass
@@ -160,9 +160,9 @@ class Convergence:
 
 @dataclass
 class DimConvergence:
-    mixture: bench_gmm.Mixture
+    mixture: gmm.Mixture
     convergence: list[Convergence] = field(default_factory=list)
-    matched: dict[int, bench_gmm.DimResult] = field(default_factory=dict)  # T -> runs (sweeps and zigzag)
+    matched: dict[int, gmm.DimResult] = field(default_factory=dict)  # T -> runs (sweeps and zigzag)
 
 
 def _per_seed_error(x: torch.Tensor, reference: torch.Tensor, seeds: int) -> list[float]:
@@ -179,21 +179,21 @@ def matched_methods(config: Config, steps: int) -> list[Method]:
     return out
 
 
-def run_dim(mixture: bench_gmm.Mixture, config: Config, log=None) -> DimConvergence:
+def run_dim(mixture: gmm.Mixture, config: Config, log=None) -> DimConvergence:
     gmm_config = config.gmm_config()
     model = mixture.build()
-    noise, labels = bench_gmm.initial_noise(gmm_config, mixture)
+    noise, labels = gmm.initial_noise(gmm_config, mixture)
     result = DimConvergence(mixture)
     guided = CFGDenoiser(model)
     args = {"cond": labels, "uncond": torch.full_like(labels, UNCONDITIONAL), "cond_scale": config.scale}
 
     def run(index: int, steps: int) -> torch.Tensor:
-        sigmas = bench_gmm.karras_sigmas(steps, config.sigma_min, config.sigma_max)
+        sigmas = gmm.karras_sigmas(steps, config.sigma_min, config.sigma_max)
         if index == len(RULES) + 2:
             return sample_unmoved_history(guided, noise * sigmas[0], sigmas, args)
         if index == len(RULES) + 3:
             return sample_exact_inversion(guided, noise * sigmas[0], sigmas, args)
-        return bench_gmm.sample(model, convergence_methods(config, steps)[index][1], noise, labels, gmm_config)[0]
+        return gmm.sample(model, convergence_methods(config, steps)[index][1], noise, labels, gmm_config)[0]
 
     names = [name for name, _ in convergence_methods(config, 1)]
     names += [UNMOVED_NAME, EXACT_INVERSION] if config.diagnostic else []
@@ -205,9 +205,9 @@ def run_dim(mixture: bench_gmm.Mixture, config: Config, log=None) -> DimConverge
         if log:
             log(f"  d={mixture.dim} convergence {name}: {time.perf_counter() - start:.1f}s")
     for steps in config.matched_steps:
-        runs = bench_gmm.DimResult(mixture)
+        runs = gmm.DimResult(mixture)
         for method in matched_methods(config, steps):
-            runs.runs.append(bench_gmm.run_method(model, method, noise, labels, gmm_config))
+            runs.runs.append(gmm.run_method(model, method, noise, labels, gmm_config))
         result.matched[steps] = runs
         if log:
             log(f"  d={mixture.dim} matched adherence T={steps}: {sum(r.seconds for r in runs.runs):.1f}s")
@@ -224,13 +224,13 @@ def order_per_doubling(errors: dict[int, list[float]], steps: int) -> tuple[floa
     if 2 * steps not in errors:
         return (math.nan, math.nan, math.nan)
     ratios = np.log2(np.asarray(errors[steps]) / np.asarray(errors[2 * steps]))
-    return bench_gmm.mean_ci(ratios)
+    return gmm.mean_ci(ratios)
 
 
 def error_ratio(dim: DimConvergence, name: str, baseline: str, steps: int) -> tuple[float, float, float]:
     """Per seed ``e_T(name) / e_T(baseline)``, mean and CI."""
     by_name = {c.name: c for c in dim.convergence}
-    return bench_gmm.mean_ci(np.asarray(by_name[name].errors[steps]) / np.asarray(by_name[baseline].errors[steps]))
+    return gmm.mean_ci(np.asarray(by_name[name].errors[steps]) / np.asarray(by_name[baseline].errors[steps]))
 
 
 def convergence_rows(dim: DimConvergence) -> list[dict[str, Any]]:
@@ -239,7 +239,7 @@ def convergence_rows(dim: DimConvergence) -> list[dict[str, Any]]:
         rows.append(
             {
                 "method": conv.name,
-                "error": {str(t): bench_gmm.mean_ci(conv.errors[t]) for t in conv.steps},
+                "error": {str(t): gmm.mean_ci(conv.errors[t]) for t in conv.steps},
                 "order": {str(t): order_per_doubling(conv.errors, t) for t in conv.steps if 2 * t in conv.errors},
                 "vs_zigzag_euler": (
                     {str(t): error_ratio(dim, conv.name, NAMES["zigzag", "euler"], t) for t in conv.steps}
@@ -265,12 +265,12 @@ def matched_rows(dim: DimConvergence) -> list[dict[str, Any]]:
                     "rule": run.method.rule,
                     "scale": run.method.scale,
                     "rows": run.rows_per_sample,
-                    "logit": bench_gmm.mean_ci(run.metrics["logit"]),
-                    "fd": bench_gmm.mean_ci(run.metrics["fd"]),
-                    "vs_dpmpp_2m_fd": bench_gmm.mean_ci(bench_gmm.matched(runs, run, "fd", "standard DPM++ 2M")),
-                    "vs_euler_fd": bench_gmm.mean_ci(bench_gmm.matched(runs, run, "fd", "standard")),
-                    "dpmpp_2m_equivalent": bench_gmm.mean_ci(
-                        bench_gmm.equivalent_scale(runs, run, "standard DPM++ 2M")
+                    "logit": gmm.mean_ci(run.metrics["logit"]),
+                    "fd": gmm.mean_ci(run.metrics["fd"]),
+                    "vs_dpmpp_2m_fd": gmm.mean_ci(gmm.matched(runs, run, "fd", "standard DPM++ 2M")),
+                    "vs_euler_fd": gmm.mean_ci(gmm.matched(runs, run, "fd", "standard")),
+                    "dpmpp_2m_equivalent": gmm.mean_ci(
+                        gmm.equivalent_scale(runs, run, "standard DPM++ 2M")
                     ),
                 }
             )
@@ -297,8 +297,8 @@ def format_dim(dim: DimConvergence, config: Config) -> str:
     ]
     rows = convergence_rows(dim)
     for row in rows:
-        cells = [bench_gmm._ci(row["error"][str(t)], 3, signed=False) for t in ts]
-        cells += [bench_gmm._ci(row["order"][str(t)], 2, signed=False) for t in ts if 2 * t in ts]
+        cells = [gmm._ci(row["error"][str(t)], 3, signed=False) for t in ts]
+        cells += [gmm._ci(row["order"][str(t)], 2, signed=False) for t in ts if 2 * t in ts]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -309,7 +309,7 @@ def format_dim(dim: DimConvergence, config: Config) -> str:
     ]
     for row in rows:
         if row["vs_zigzag_euler"] and row["method"] != NAMES["zigzag", "euler"]:
-            cells = [bench_gmm._ci(row["vs_zigzag_euler"][str(t)], 2, signed=False) for t in ts]
+            cells = [gmm._ci(row["vs_zigzag_euler"][str(t)], 2, signed=False) for t in ts]
             lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     if dim.matched:
         lines += [
@@ -324,9 +324,9 @@ def format_dim(dim: DimConvergence, config: Config) -> str:
         ]
         for row in matched_rows(dim):
             lines.append(
-                f"| {row['steps']} | {row['method']} | {row['rows']:g} | {bench_gmm._fmt(row['logit'][0])} "
-                f"| {bench_gmm._fmt(row['fd'][0], 3)} | {bench_gmm._fmt(row['dpmpp_2m_equivalent'][0])} "
-                f"| {bench_gmm._ci(row['vs_dpmpp_2m_fd'], 3)} | {bench_gmm._ci(row['vs_euler_fd'], 3)} |"
+                f"| {row['steps']} | {row['method']} | {row['rows']:g} | {gmm._fmt(row['logit'][0])} "
+                f"| {gmm._fmt(row['fd'][0], 3)} | {gmm._fmt(row['dpmpp_2m_equivalent'][0])} "
+                f"| {gmm._ci(row['vs_dpmpp_2m_fd'], 3)} | {gmm._ci(row['vs_euler_fd'], 3)} |"
             )
     return "\n".join(lines)
 
@@ -384,10 +384,10 @@ def plot_convergence(results: list[DimConvergence], config: Config, path: Path) 
     fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
     for ax, dim in zip(axes[0], results):
         for conv in dim.convergence:
-            stats = [bench_gmm.mean_ci(conv.errors[t]) for t in conv.steps]
+            stats = [gmm.mean_ci(conv.errors[t]) for t in conv.steps]
             colour, marker, line = STYLES.get(conv.name, ("k", ".", "-"))
             ax.errorbar(
-                conv.steps, [s[0] for s in stats], yerr=bench_gmm._yerr(stats), label=conv.name, color=colour,
+                conv.steps, [s[0] for s in stats], yerr=gmm._yerr(stats), label=conv.name, color=colour,
                 marker=marker, linestyle=line, capsize=2,
             )  # fmt: skip
         t = np.asarray(config.steps, dtype=float)
@@ -429,7 +429,7 @@ def plot_matched(results: list[DimConvergence], path: Path) -> Path:
             if runs is None:
                 continue
             for family, (label, colour, line) in families.items():
-                adherence, fd = bench_gmm.curve(runs, family, "fd")
+                adherence, fd = gmm.curve(runs, family, "fd")
                 ax.plot(adherence.mean(0), fd.mean(0), color=colour, linestyle=line, marker=".", label=label)
             ax.set_title(f"d = {dim.mixture.dim}, T = {t}")
             ax.set_xlabel("adherence (mean logit p(c∣x))")
@@ -468,27 +468,27 @@ def shapes_methods(config: ShapesConfig) -> list[Method]:
     return out
 
 
-def run_shapes_dpmpp(config: ShapesConfig = ShapesConfig(), log=None) -> list[bench_shapes.Run]:
+def run_shapes_dpmpp(config: ShapesConfig = ShapesConfig(), log=None) -> list[shapes.Run]:
     torch.set_num_threads(config.threads)
-    model = bench_shapes.load_model(config.model)
-    specs = shapes.all_specs()[: config.prompts]
+    model = shapes.load_model(config.model)
+    specs = shapes_task.all_specs()[: config.prompts]
     cond = model.encode([spec.prompt for spec in specs]).repeat(config.seeds, 1, 1)
     uncond = model.encode([""])
-    noise = bench_shapes.initial_noise(config.seeds, config.prompts, config.first_seed).reshape(-1, 3, 16, 16)
+    noise = shapes.initial_noise(config.seeds, config.prompts, config.first_seed).reshape(-1, 3, 16, 16)
     runs = []
     for method in shapes_methods(config):
         start = time.perf_counter()
         seeds = config.seeds if method.seeds is None else min(method.seeds, config.seeds)
         n = seeds * len(specs)
-        images, rows = bench_shapes.generate(model, method, noise[:n], cond[:n], uncond, config.batch)
-        outcomes = {k: v.reshape(seeds, -1) for k, v in bench_shapes.score(images, specs * seeds).items()}
-        runs.append(bench_shapes.Run(method, rows, time.perf_counter() - start, outcomes))
+        images, rows = shapes.generate(model, method, noise[:n], cond[:n], uncond, config.batch)
+        outcomes = {k: v.reshape(seeds, -1) for k, v in shapes.score(images, specs * seeds).items()}
+        runs.append(shapes.Run(method, rows, time.perf_counter() - start, outcomes))
         if log:
             log(f"  {method.label}: all-correct {outcomes['all_correct'].mean():.3f}, {runs[-1].seconds:.0f}s")
     return runs
 
 
-def shapes_comparisons(runs: list[bench_shapes.Run]) -> list[bench_shapes.Paired]:
+def shapes_comparisons(runs: list[shapes.Run]) -> list[shapes.Paired]:
     """Zigzag DPM++ 2M against DPM++ 2M at the same T, and against DPM++ 2M at the nearest T with more rows."""
     plain = {r.method.steps: r for r in runs if r.method.lam == 0}
     zigzag = {r.method.steps: r for r in runs if r.method.lam > 0 and r.method.rule == "dpmpp_2m"}
@@ -498,20 +498,20 @@ def shapes_comparisons(runs: list[bench_shapes.Run]) -> list[bench_shapes.Paired
             continue
         if run.method.rule == UNMOVED:
             if run.method.steps in zigzag:
-                out.append(bench_shapes.paired_test(run, zigzag[run.method.steps], "moved history"))
+                out.append(shapes.paired_test(run, zigzag[run.method.steps], "moved history"))
             continue
         same = plain.get(run.method.steps)
         if same is not None:
-            out.append(bench_shapes.paired_test(run, same, "same T"))
+            out.append(shapes.paired_test(run, same, "same T"))
         richer = [r for r in plain.values() if r.method.steps > run.method.steps]
         if richer:
             more = min(richer, key=lambda r: r.method.steps)
-            out.append(bench_shapes.paired_test(run, more, f"T={more.method.steps}"))
+            out.append(shapes.paired_test(run, more, f"T={more.method.steps}"))
     return out
 
 
-def format_shapes_dpmpp(runs: list[bench_shapes.Run], config: ShapesConfig) -> str:
-    pct = bench_shapes._pct
+def format_shapes_dpmpp(runs: list[shapes.Run], config: ShapesConfig) -> str:
+    pct = shapes._pct
     lines = [
         f"Bundled shapes16 model, DDIM sigmas, γ₁ = {config.scale:g} (γ₂ = 0, λ = T − 1 for zigzag); "
         f"{config.prompts} prompts × {config.seeds} seeds, same initial noise for every method. Rates in % with 95 % "
@@ -524,8 +524,8 @@ def format_shapes_dpmpp(runs: list[bench_shapes.Run], config: ShapesConfig) -> s
         o = run.outcomes
         lines.append(
             f"| {run.method.label} | {o['all_correct'].size} | {run.rows_per_image:g} "
-            f"| {pct(bench_shapes.proportion_ci(o['all_correct']))} "
-            f"| {pct(bench_shapes.proportion_ci(o['count_colour']))} | {pct(bench_shapes.proportion_ci(o['clean']))} |"
+            f"| {pct(shapes.proportion_ci(o['all_correct']))} "
+            f"| {pct(shapes.proportion_ci(o['count_colour']))} | {pct(shapes.proportion_ci(o['clean']))} |"
         )
     lines += [
         "",
@@ -538,7 +538,7 @@ def format_shapes_dpmpp(runs: list[bench_shapes.Run], config: ShapesConfig) -> s
     for test in shapes_comparisons(runs):
         cells = [
             f"{pct(t.delta, True)} ({t.wins}/{t.losses}, {t.p_value:.2g})"
-            for t in (test.tests[k] for k in bench_shapes.TESTED)
+            for t in (test.tests[k] for k in shapes.TESTED)
         ]
         lines.append(
             f"| {test.method} | {test.baseline} ({test.relation}) | {test.images} | " + " | ".join(cells) + " |"
@@ -546,7 +546,7 @@ def format_shapes_dpmpp(runs: list[bench_shapes.Run], config: ShapesConfig) -> s
     return "\n".join(lines) + "\n"
 
 
-def write_shapes_outputs(runs: list[bench_shapes.Run], config: ShapesConfig, folder: str | Path) -> list[Path]:
+def write_shapes_outputs(runs: list[shapes.Run], config: ShapesConfig, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / "shapes_dpmpp.md", folder / "shapes_dpmpp.json"]
@@ -560,7 +560,7 @@ def write_shapes_outputs(runs: list[bench_shapes.Run], config: ShapesConfig, fol
                 "rows_per_image": run.rows_per_image,
                 "seconds": round(run.seconds, 1),
                 "rates": {k: float(v.mean()) for k, v in run.outcomes.items()},
-                "all_correct_ci": bench_shapes.proportion_ci(run.outcomes["all_correct"]),
+                "all_correct_ci": shapes.proportion_ci(run.outcomes["all_correct"]),
                 "outcomes": {k: v.astype(int).tolist() for k, v in run.outcomes.items()},
             }
             for run in runs
@@ -576,7 +576,7 @@ def _replace(config: Any, **changes: Any) -> Any:
     return replace(config, **{k: v for k, v in changes.items() if v is not None})
 
 
-def load_shapes_json(path: str | Path) -> tuple[list[bench_shapes.Run], ShapesConfig]:
+def load_shapes_json(path: str | Path) -> tuple[list[shapes.Run], ShapesConfig]:
     """Runs and config back from ``shapes_dpmpp.json`` (outcomes per image), to re-render tables and plots."""
     data = json.loads(Path(path).read_text())
     config = ShapesConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items()})
@@ -584,11 +584,11 @@ def load_shapes_json(path: str | Path) -> tuple[list[bench_shapes.Run], ShapesCo
     for item in data["runs"]:
         method = Method(**{k: tuple(v) if isinstance(v, list) else v for k, v in item["method"].items()})
         outcomes = {k: np.asarray(v, dtype=bool) for k, v in item["outcomes"].items()}
-        runs.append(bench_shapes.Run(method, item["rows_per_image"], item["seconds"], outcomes))
+        runs.append(shapes.Run(method, item["rows_per_image"], item["seconds"], outcomes))
     return runs, config
 
 
-def plot_shapes_dpmpp(runs: list[bench_shapes.Run], path: Path) -> Path:
+def plot_shapes_dpmpp(runs: list[shapes.Run], path: Path) -> Path:
     """Rates with 95 % Wilson intervals per attribute, one bar per run."""
     import matplotlib
 
@@ -599,11 +599,11 @@ def plot_shapes_dpmpp(runs: list[bench_shapes.Run], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(attributes), figsize=(4.4 * len(attributes), 4.2))
     colours = {0: "C3", 1: "C0", 2: "0.6"}
     for ax, (key, title) in zip(axes, attributes):
-        stats = [bench_shapes.proportion_ci(run.outcomes[key]) for run in runs]
+        stats = [shapes.proportion_ci(run.outcomes[key]) for run in runs]
         kinds = [0 if run.method.lam == 0 else (2 if run.method.rule == UNMOVED else 1) for run in runs]
         positions = np.arange(len(runs))
         ax.bar(
-            positions, [100 * s[0] for s in stats], yerr=100 * bench_gmm._yerr(stats), capsize=3,
+            positions, [100 * s[0] for s in stats], yerr=100 * gmm._yerr(stats), capsize=3,
             color=[colours[k] for k in kinds],
         )  # fmt: skip
         labels = [

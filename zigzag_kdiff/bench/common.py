@@ -2,7 +2,7 @@
 
 Numbers are ratios measured in one run, interleaving methods (these machines are noisy).
 
-Also here, shared by the evidence benchmarks (:mod:`.bench_gmm`, :mod:`.bench_shapes`): :class:`Method`,
+Also here, shared by the evidence benchmarks (:mod:`.gmm`, :mod:`.shapes`): :class:`Method`,
 one sampler setting, and :func:`sample_method`, which runs it.
 """
 
@@ -19,8 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .guidance import CallCounter, CFGDenoiser
-from .sampling import sample_zigzag_ddim, sample_zigzag_dpmpp_2m, sample_zigzag_euler
+from ..guidance import CallCounter, CFGDenoiser
+from ..sampling import sample_zigzag_ddim, sample_zigzag_dpmpp_2m, sample_zigzag_euler
+from ..seg import seg_attention
 
 
 class ModelTimer(nn.Module):
@@ -181,8 +182,7 @@ def run_cost(steps: int = 50, repeats: int = 3, batch: int = 1) -> list[CostRow]
     from k_diffusion import sampling as k_sampling
     from k_diffusion.external import DiscreteEpsDDPMDenoiser
 
-    from .models import UNetEps, tiny_unet
-    from .seg import seg_attention
+    from ..models import UNetEps, tiny_unet
 
     torch.set_num_threads(1)
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000) ** 2

