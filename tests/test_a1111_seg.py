@@ -358,7 +358,11 @@ def test_same_numbers_as_zigzag_kdiff_cfg_denoiser(unet):
         for handle in handles:
             handle.remove()
     assert [n for n, _ in run.layers] == names
-    torch.testing.assert_close(host, expected, atol=1e-5, rtol=1e-5)
+    # bit for bit on one thread; with several, the two batch layouts ([cond, cond_blur, uncond] against
+    # [uncond, cond, cond_blur]) round differently in the kernels (seen: 1.4e-4 on values up to 30)
+    plain = library(x, sigma, cond=cond, uncond=uncond, cond_scale=5.0)
+    difference, scale = (host - expected).abs().max(), expected.abs().max()
+    assert difference <= 1e-5 * scale and (expected - plain).abs().max() > 1000 * difference
 
 
 @pytest.mark.parametrize("mode", ["one_call_per_chunk", "lengths_differ", "lengths_differ_unbatched", "skip_uncond"])
