@@ -54,3 +54,20 @@ class TinyEps(nn.Module):
 
     def forward(self, x, t, cond):
         return self.net(torch.cat([x, t[:, None] / 1000, cond], dim=1))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (tiny models: faster, and the same rounding on every machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipes() -> dict:
+    """One tiny random pipeline of each kind (``zigzag_kdiff.tiny``), per module."""
+    from zigzag_kdiff.tiny import TINY_KINDS, tiny_pipeline
+
+    return {kind: tiny_pipeline(kind) for kind in TINY_KINDS}

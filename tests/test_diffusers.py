@@ -16,22 +16,12 @@ from zigzag_kdiff.diffusers import (  # noqa: E402
     load_pipeline,
     single_file_pipeline_class,
 )
-from zigzag_kdiff.tiny import TINY_KINDS, tiny_pipeline  # noqa: E402
+from zigzag_kdiff.tiny import TINY_KINDS  # noqa: E402
 
 STEPS = 5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def pipes() -> dict:
-    return {kind: tiny_pipeline(kind) for kind in TINY_KINDS}
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread for this module
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:

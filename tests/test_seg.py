@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from seg_reference import official_blur, official_kernel_size, official_layers, true_grid_blur
 from torch import nn
 
 from zigzag_kdiff import CallCounter, CFGDenoiser, sample_zigzag_euler
@@ -25,35 +25,6 @@ from zigzag_kdiff.seg import (
     token_grid,
 )
 
-
-def official_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The official ``gaussian_blur_2d`` with its kernel size, re-written from pipeline_seg.py: a 2-D
-    kernel (outer product), capped on the last side, reflect padding, one depthwise conv."""
-    size = math.ceil(6 * sigma) + 1 - math.ceil(6 * sigma) % 2
-    side = img.shape[-1]
-    size = min(size, side - (side % 2 - 1))
-    x = torch.linspace(-(size - 1) * 0.5, (size - 1) * 0.5, steps=size)
-    pdf = torch.exp(-0.5 * (x / sigma).pow(2))
-    taps = (pdf / pdf.sum()).to(img)
-    kernel = torch.mm(taps[:, None], taps[None, :]).expand(img.shape[-3], 1, size, size)
-    pad = size // 2
-    return F.conv2d(F.pad(img, [pad] * 4, mode="reflect"), kernel, groups=img.shape[-3])
-
-
-def true_grid_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """A 2-D Gaussian blur on a non-square grid, the official rule per axis (written out as one 2-D conv)."""
-    taps = []
-    for side in img.shape[-2:]:
-        size = math.ceil(6 * sigma) + 1 - math.ceil(6 * sigma) % 2
-        size = min(size, side - (side % 2 - 1))
-        x = torch.linspace(-(size - 1) * 0.5, (size - 1) * 0.5, steps=size)
-        pdf = torch.exp(-0.5 * (x / sigma).pow(2))
-        taps.append(pdf / pdf.sum())
-    kernel = torch.outer(taps[0], taps[1]).expand(img.shape[-3], 1, len(taps[0]), len(taps[1]))
-    ph, pw = len(taps[0]) // 2, len(taps[1]) // 2
-    return F.conv2d(F.pad(img, [pw, pw, ph, ph], mode="reflect"), kernel, groups=img.shape[-3])
-
-
 # --- the blur ---------------------------------------------------------------------------------------------
 
 
@@ -67,7 +38,9 @@ def test_kernel_size_is_the_official_one():
 @pytest.mark.parametrize("sigma", [0.3, 1.0, 2.5, 10.0, 100.0, 9999.0])
 def test_separable_blur_equals_the_official_2d_blur_on_square_grids(side, sigma):
     img = torch.randn(2, 5, side, side, generator=torch.Generator().manual_seed(side))
-    assert torch.allclose(blur_grid(img, sigma), official_blur(img, sigma), atol=1e-6, rtol=1e-5)
+    assert torch.allclose(
+        blur_grid(img, sigma), official_blur(img, official_kernel_size(sigma), sigma), atol=1e-6, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 3.0, 100.0])
@@ -117,15 +90,6 @@ def test_token_grid_follows_the_unet_levels():
 
 
 # --- layers -------------------------------------------------------------------------------------------------
-
-
-def official_layers(unet: nn.Module) -> dict[str, list[nn.Module]]:
-    """The official count (pipeline_seg.py): 'attn1' in the name and 'to' not in it, grouped by the first part."""
-    groups: dict[str, list[nn.Module]] = {"down": [], "mid": [], "up": []}
-    for name, module in unet.named_modules():
-        if "attn1" in name and "to" not in name:
-            groups[name.split(".")[0].split("_")[0]].append(module)
-    return groups
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from seg_reference import official_blur, official_kernel_size, official_layers, true_grid_blur
 
 pytest.importorskip("diffusers")
 pytest.importorskip("k_diffusion")
@@ -39,32 +40,6 @@ INFINITE = 9999999.0
 
 
 # --- the official processor and loop, written out -------------------------------------------------------
-
-
-def official_blur(img: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
-    side = img.shape[-1]
-    kernel_size = min(kernel_size, side - (side % 2 - 1))
-    half = (kernel_size - 1) * 0.5
-    x = torch.linspace(-half, half, steps=kernel_size)
-    pdf = torch.exp(-0.5 * (x / sigma).pow(2))
-    taps = (pdf / pdf.sum()).to(device=img.device, dtype=img.dtype)
-    kernel = torch.mm(taps[:, None], taps[None, :]).expand(img.shape[-3], 1, kernel_size, kernel_size)
-    pad = kernel_size // 2
-    return F.conv2d(F.pad(img, [pad] * 4, mode="reflect"), kernel, groups=img.shape[-3])
-
-
-def true_grid_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The official 2-D Gaussian on an H×W grid, its kernel size capped per axis (square: the official blur)."""
-    taps = []
-    for side in img.shape[-2:]:
-        size = math.ceil(6 * sigma) + 1 - math.ceil(6 * sigma) % 2
-        size = min(size, side - (side % 2 - 1))
-        x = torch.linspace(-(size - 1) * 0.5, (size - 1) * 0.5, steps=size)
-        pdf = torch.exp(-0.5 * (x / sigma).pow(2))
-        taps.append((pdf / pdf.sum()).to(img))
-    kernel = torch.outer(taps[0], taps[1]).expand(img.shape[-3], 1, len(taps[0]), len(taps[1]))
-    ph, pw = len(taps[0]) // 2, len(taps[1]) // 2
-    return F.conv2d(F.pad(img, [pw, pw, ph, ph], mode="reflect"), kernel, groups=img.shape[-3])
 
 
 class OfficialSEGProcessor:
@@ -105,8 +80,7 @@ class OfficialSEGProcessor:
             ptb = true_grid_blur(ptb, self.blur_sigma)
         elif not self.inf_blur:
             sigma = self.blur_sigma * self.sigma_factor
-            kernel_size = math.ceil(6 * sigma) + 1 - math.ceil(6 * sigma) % 2
-            ptb = official_blur(ptb, kernel_size, sigma)
+            ptb = official_blur(ptb, official_kernel_size(sigma), sigma)
         else:
             ptb = ptb.mean(dim=(-2, -1), keepdim=True).expand_as(ptb)
         chunks[self.chunk] = ptb.reshape(n, attn.heads, head_dim, height * width).permute(0, 1, 3, 2)
@@ -117,14 +91,6 @@ class OfficialSEGProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
-
-
-def official_layers(unet) -> dict[str, list]:
-    groups: dict[str, list] = {"down": [], "mid": [], "up": []}
-    for name, module in unet.named_modules():
-        if "attn1" in name and "to" not in name:
-            groups[name.split(".")[0].split("_")[0]].append(module)
-    return groups
 
 
 @torch.no_grad()
