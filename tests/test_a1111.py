@@ -29,14 +29,28 @@ EXTENSION_DIR = Path(__file__).resolve().parents[1] / "extensions" / "sd-webui-z
 
 
 def _load(name: str) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, EXTENSION_DIR / f"{name}.py")
+    """Import a module or package of the extension folder by path, as the glue scripts do."""
+    path = EXTENSION_DIR / name
+    if path.is_dir():
+        spec = importlib.util.spec_from_file_location(
+            name, path / "__init__.py", submodule_search_locations=[str(path)]
+        )
+    else:
+        spec = importlib.util.spec_from_file_location(name, EXTENSION_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-zw = _load("zigzag_webui")
+_load("zigzag_webui")
+from zigzag_webui import forge as zforge  # noqa: E402
+from zigzag_webui import infotext as zinfo  # noqa: E402
+from zigzag_webui import names as znames  # noqa: E402
+from zigzag_webui import registry as zreg  # noqa: E402
+from zigzag_webui import settings as zset  # noqa: E402
+from zigzag_webui import xyz as zxyz  # noqa: E402
+
 checkout = _load("zigzag_checkout")
 
 # Schedule type labels, names and aliases of A1111 1.10.1, Forge, reForge and Forge Neo (modules/sd_schedulers.py).
@@ -148,7 +162,7 @@ class StandInCFGDenoiser(nn.Module):
 
 def settings_opts(**values) -> types.SimpleNamespace:
     """A stand-in for ``shared.opts`` with the extension's settings (defaults unless given)."""
-    return types.SimpleNamespace(**{s.key: values.get(s.key, s.default) for s in zw.SETTINGS})
+    return types.SimpleNamespace(**{s.key: values.get(s.key, s.default) for s in zset.SETTINGS})
 
 
 def extra_args(batch: int = 2, scale: float = 7.0, uncond: bool = True) -> dict:
@@ -172,11 +186,11 @@ def karras(steps: int) -> torch.Tensor:
 def run(rule: str, model: StandInCFGDenoiser, sigmas: torch.Tensor, args: dict, opts=None, seed: int = 0, steps=None):
     """Sample as ``KDiffusionSampler`` does: launch_sampling sets ``steps`` (requested, default: the schedule's)
     and ``total_steps``, then calls the function."""
-    sampler_data = zw.sampler_data_class(StandInSamplerData, lambda: opts or settings_opts())
+    sampler_data = zreg.sampler_data_class(StandInSamplerData, lambda: opts or settings_opts())
     model.steps = len(sigmas) - 1 if steps is None else steps
     model.total_steps = sampler_data("n", None, [], {}).total_steps(model.steps)
     model.step = 0
-    func = zw.make_sampler_function(rule, lambda: opts or settings_opts())
+    func = zreg.make_sampler_function(rule, lambda: opts or settings_opts())
     steps_seen = []
     x = torch.randn(len(args["cond"]), 4, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
     out = func(model, x, sigmas=sigmas, extra_args=args, disable=True, callback=lambda d: steps_seen.append(d["i"]))
@@ -187,17 +201,19 @@ def run(rule: str, model: StandInCFGDenoiser, sigmas: torch.Tensor, args: dict, 
 
 
 def test_sampler_names_survive_every_hosts_scheduler_parser():
-    assert list(zw.SAMPLER_NAMES.values()) == ["Zigzag Euler", "Zigzag (DDIM)", "Zigzag DPM++ 2M"]
-    for name in zw.SAMPLER_NAMES.values():
-        zw.check_sampler_name(name, HOST_SCHEDULER_NAMES)
+    assert list(znames.SAMPLER_NAMES.values()) == ["Zigzag Euler", "Zigzag (DDIM)", "Zigzag DPM++ 2M"]
+    for name in znames.SAMPLER_NAMES.values():
+        znames.check_sampler_name(name, HOST_SCHEDULER_NAMES)
     with pytest.raises(ValueError, match="DDIM"):
-        zw.check_sampler_name("Zigzag DDIM", HOST_SCHEDULER_NAMES)
+        znames.check_sampler_name("Zigzag DDIM", HOST_SCHEDULER_NAMES)
 
 
 def test_settings_accept_api_and_infotext_strings_and_name_the_bad_key():
-    settings = zw.read_settings(settings_opts(zigzag_steps_fraction="0.5", zigzag_rounds="2", zigzag_inversion_scale=1))
+    settings = zset.read_settings(
+        settings_opts(zigzag_steps_fraction="0.5", zigzag_rounds="2", zigzag_inversion_scale=1)
+    )
     assert (settings.steps_fraction, settings.rounds, settings.inversion_scale) == (0.5, 2, 1.0)
-    assert zw.read_settings(types.SimpleNamespace()) == zw.ZigzagSettings()
+    assert zset.read_settings(types.SimpleNamespace()) == zset.ZigzagSettings()
     bad = [
         ({"zigzag_steps_fraction": 1.5}, r"zigzag_steps_fraction must be in \[0, 1\]"),
         ({"zigzag_rounds": 1.5}, "zigzag_rounds .* integer >= 0"),
@@ -209,32 +225,32 @@ def test_settings_accept_api_and_infotext_strings_and_name_the_bad_key():
     ]
     for values, message in bad:
         with pytest.raises(ValueError, match=message):
-            zw.read_settings(settings_opts(**values))
+            zset.read_settings(settings_opts(**values))
 
 
 def test_guidance_interval_setting():
-    assert zw.ZigzagSettings().guidance_interval is None
-    assert zw.ZigzagSettings(sigma_low=0.3).guidance_interval == (0.3, float("inf"))
-    assert zw.ZigzagSettings(sigma_low=0.3, sigma_high=5.0).guidance_interval == (0.3, 5.0)
+    assert zset.ZigzagSettings().guidance_interval is None
+    assert zset.ZigzagSettings(sigma_low=0.3).guidance_interval == (0.3, float("inf"))
+    assert zset.ZigzagSettings(sigma_low=0.3, sigma_high=5.0).guidance_interval == (0.3, 5.0)
 
 
 def test_zigzag_steps_scale_with_the_step_count():
     table = {(20, 1.0): 19, (20, 0.5): 10, (25, 0.5): 13, (20, 0.0): 0, (1, 1.0): 0, (7, 0.99): 6, (40, 0.25): 10}
-    assert {key: zw.zigzag_steps_for(*key) for key in table} == table
+    assert {key: zset.zigzag_steps_for(*key) for key in table} == table
 
 
 @pytest.mark.parametrize("steps", [1, 2, 7, 20, 33])
 @pytest.mark.parametrize("fraction,rounds", [(1.0, 1), (0.5, 2), (0.0, 3), (0.3, 0)])
 def test_total_steps_is_the_librarys_call_count(steps, fraction, rounds):
-    settings = zw.ZigzagSettings(steps_fraction=fraction, rounds=rounds)
-    lam = zw.zigzag_steps_for(steps, fraction)
-    assert zw.total_model_calls(steps, settings) == count_model_calls(karras(steps), lam, rounds)
+    settings = zset.ZigzagSettings(steps_fraction=fraction, rounds=rounds)
+    lam = zset.zigzag_steps_for(steps, fraction)
+    assert zset.total_model_calls(steps, settings) == count_model_calls(karras(steps), lam, rounds)
 
 
 def test_infotext_holds_non_defaults_and_pasting_restores_them():
-    assert zw.infotext_params(zw.ZigzagSettings()) == {}
-    settings = zw.ZigzagSettings(inversion_scale=1.5, steps_fraction=0.5, rounds=2, sigma_low=0.28, sigma_high=5.42)
-    params = zw.infotext_params(settings)
+    assert zinfo.infotext_params(zset.ZigzagSettings()) == {}
+    settings = zset.ZigzagSettings(inversion_scale=1.5, steps_fraction=0.5, rounds=2, sigma_low=0.28, sigma_high=5.42)
+    params = zinfo.infotext_params(settings)
     assert params == {
         "Zigzag inversion scale": 1.5,
         "Zigzag steps fraction": 0.5,
@@ -243,14 +259,14 @@ def test_infotext_holds_non_defaults_and_pasting_restores_them():
         "Zigzag guidance sigma high": 5.42,
     }
     # pasting: the webui maps each OptionInfo(infotext=...) label back to its key and casts the string
-    by_label = {s.infotext: s.key for s in zw.SETTINGS}
+    by_label = {s.infotext: s.key for s in zset.SETTINGS}
     pasted = {"Sampler": "Zigzag Euler", **{label: str(value) for label, value in params.items()}}
-    zw.fill_infotext_defaults(pasted, zw.SAMPLER_NAMES.values())
-    restored = {by_label[label]: zw.validate_setting(by_label[label], pasted[label]) for label in by_label}
-    assert zw.read_settings(types.SimpleNamespace(**restored)) == settings
+    zinfo.fill_infotext_defaults(pasted, znames.SAMPLER_NAMES.values())
+    restored = {by_label[label]: zset.validate_setting(by_label[label], pasted[label]) for label in by_label}
+    assert zset.read_settings(types.SimpleNamespace(**restored)) == settings
     assert pasted["Zigzag DDIM update"] == "paper"  # missing means default: pasted so the setting resets
     other = {"Sampler": "Euler"}
-    zw.fill_infotext_defaults(other, zw.SAMPLER_NAMES.values())
+    zinfo.fill_infotext_defaults(other, znames.SAMPLER_NAMES.values())
     assert other == {"Sampler": "Euler"}
 
 
@@ -382,9 +398,9 @@ def test_ddim_schedule_with_an_extra_step_is_noted_as_such():
 
 def test_notes_are_told_once_and_markers_accumulate():
     p = StandInP()
-    zw.notify(p, "first thing", "a")
-    zw.notify(p, "first thing", "a")
-    zw.notify(p, "second thing", "b")
+    zinfo.notify(p, "first thing", "a")
+    zinfo.notify(p, "first thing", "a")
+    zinfo.notify(p, "second thing", "b")
     assert list(p.comments) == ["Zigzag: first thing", "Zigzag: second thing"]
     assert p.extra_generation_params == {"Zigzag note": "a; b"}
 
@@ -491,28 +507,28 @@ def test_forge_one_branch_keeps_out_of_cfg_hooks_and_scale_1_paths():
         model.inner_model.inner_model.forge_objects.unet.model_options = dict(entries)
         return model
 
-    for key in zw.FORGE_CFG_HOOKS:
-        with zw.unconditional_branch_only(options_with(**{key: [object()]})) as installed:
+    for key in zforge.FORGE_CFG_HOOKS:
+        with zforge.unconditional_branch_only(options_with(**{key: [object()]})) as installed:
             assert not installed
-    with zw.unconditional_branch_only(options_with(disable_cfg1_optimization=True)) as installed:
+    with zforge.unconditional_branch_only(options_with(disable_cfg1_optimization=True)) as installed:
         assert not installed
     # a hook marked inversion-neutral (SEG's post-CFG function without inversion SEG) does not block it
-    neutral = type("Neutral", (), {zw.INVERSION_NEUTRAL: True})()
+    neutral = type("Neutral", (), {zforge.INVERSION_NEUTRAL: True})()
     model = options_with(sampler_post_cfg_function=[neutral])
-    with zw.unconditional_branch_only(model) as installed:
+    with zforge.unconditional_branch_only(model) as installed:
         options = model.inner_model.inner_model.forge_objects.unet.model_options
         assert installed and options["sampler_post_cfg_function"] == [neutral]
-        assert options["sampler_pre_cfg_function"] == [zw.skip_conditional_branch]
+        assert options["sampler_pre_cfg_function"] == [zforge.skip_conditional_branch]
     assert model.inner_model.inner_model.forge_objects.unet.model_options == {"sampler_post_cfg_function": [neutral]}
-    with zw.unconditional_branch_only(StandInCFGDenoiser(StandInP())) as installed:  # A1111: no forge_objects
+    with zforge.unconditional_branch_only(StandInCFGDenoiser(StandInP())) as installed:  # A1111: no forge_objects
         assert not installed
     # at scale 1 (NGMS, skip early CFG) Forge has already dropped the uncond: the hook leaves the cond
     cond, uncond = [object()], [object()]
-    assert zw.skip_conditional_branch("m", cond, None, "x", "t", {})[1] is cond
-    assert zw.skip_conditional_branch("m", cond, uncond, "x", "t", {})[1:3] == ([], uncond)
+    assert zforge.skip_conditional_branch("m", cond, None, "x", "t", {})[1] is cond
+    assert zforge.skip_conditional_branch("m", cond, uncond, "x", "t", {})[1:3] == ([], uncond)
     # reForge / Forge Classic call pre-CFG functions ComfyUI-style, after the branches ran: nothing changes
     out = [object(), object()]
-    assert zw.skip_conditional_branch({"conds_out": out, "cond_scale": 0.0}) is out
+    assert zforge.skip_conditional_branch({"conds_out": out, "cond_scale": 0.0}) is out
 
 
 def test_forge_hires_pass_at_scale_0_is_one_branch():
@@ -561,7 +577,7 @@ def test_interrupt_propagates_and_nothing_stays_changed():
         run("euler", model, karras(6), args)
     assert model.hr_cfg_at_interrupt == 0.0  # interrupted inside the inversion call, with hr_cfg set to γ₂ ...
     assert p.hr_cfg == 4.0 and len(model.calls) == 4  # ... and restored
-    assert model.model_options_at_interrupt["sampler_pre_cfg_function"] == [zw.skip_conditional_branch]
+    assert model.model_options_at_interrupt["sampler_pre_cfg_function"] == [zforge.skip_conditional_branch]
     assert model.model_options == {}  # the one-branch hook is gone with the interrupted call
     assert args.keys() == snapshot.keys() and all(args[k] is snapshot[k] for k in args)
 
@@ -617,7 +633,7 @@ def test_registration_contract_in_place_idempotent_and_refusing():
     registry = standin_sd_samplers()
     same_list, same_map = registry.all_samplers, registry.all_samplers_map
     opts = settings_opts(zigzag_steps_fraction=0.5, zigzag_rounds=2)
-    names = zw.register_samplers(registry, StandInSamplerData, StandInKDiffusionSampler, lambda: opts)
+    names = zreg.register_samplers(registry, StandInSamplerData, StandInKDiffusionSampler, lambda: opts)
     ours = ["Zigzag Euler", "Zigzag (DDIM)", "Zigzag DPM++ 2M"]
     assert names == ours
     assert registry.all_samplers is same_list and registry.all_samplers_map is same_map
@@ -635,7 +651,7 @@ def test_registration_contract_in_place_idempotent_and_refusing():
     assert sampler.model == "sd_model" and "sigmas" in sampler.parameters
     assert not {"n", "sigma_min", "sigma_max", "sigma_sched", "eta", "s_noise"} & set(sampler.parameters)
 
-    zw.register_samplers(registry, StandInSamplerData, StandInKDiffusionSampler, lambda: opts)  # Reload UI
+    zreg.register_samplers(registry, StandInSamplerData, StandInKDiffusionSampler, lambda: opts)  # Reload UI
     assert [x.name for x in registry.all_samplers] == ["Euler", "Restart", *ours]
     assert registry.all_samplers_map["Zigzag Euler"] is not entry and registry.set_calls == 2
 
@@ -643,10 +659,10 @@ def test_registration_contract_in_place_idempotent_and_refusing():
     foreign.all_samplers.append(StandInSamplerData("Zigzag Euler", None, [], {}))
     before = list(foreign.all_samplers)
     with pytest.raises(ValueError, match="already used by 'Zigzag Euler'"):
-        zw.register_samplers(foreign, StandInSamplerData, StandInKDiffusionSampler, lambda: opts)
+        zreg.register_samplers(foreign, StandInSamplerData, StandInKDiffusionSampler, lambda: opts)
     assert foreign.all_samplers == before and foreign.set_calls == 0
     with pytest.raises(ValueError, match="scheduler label"):
-        zw.register_samplers(
+        zreg.register_samplers(
             standin_sd_samplers(), StandInSamplerData, StandInKDiffusionSampler, lambda: opts, ["(DDIM)"]
         )
 
@@ -663,11 +679,11 @@ def test_xyz_axes_contract():
     xyz = types.SimpleNamespace(AxisOption=StandInAxisOption, axis_options=[StandInAxisOption("Seed", int, None)])
     script = type("XYZ", (), {"__module__": "xyz_grid.py"})
     data = namedtuple("ScriptClassData", "script_class path basedir module")
-    assert zw.find_xyz_module([data(object, "", "", None), data(script, "", "", xyz)]) is xyz
+    assert zxyz.find_xyz_module([data(object, "", "", None), data(script, "", "", xyz)]) is xyz
 
-    labels = zw.add_xyz_axes(xyz)
-    zw.add_xyz_axes(xyz)  # idempotent
-    assert [a.label for a in xyz.axis_options] == ["Seed", *labels] and len(labels) == len(zw.SETTINGS)
+    labels = zxyz.add_xyz_axes(xyz)
+    zxyz.add_xyz_axes(xyz)  # idempotent
+    assert [a.label for a in xyz.axis_options] == ["Seed", *labels] and len(labels) == len(zset.SETTINGS)
     axes = {a.label: a for a in xyz.axis_options}
     p = StandInP()
     axes["Zigzag steps fraction"].apply(p, 0.25, [0.25])
@@ -679,9 +695,9 @@ def test_xyz_axes_contract():
 
 
 def test_host_notes_and_checkout_discovery(tmp_path):
-    assert "both CFG branches" in zw.host_notes(False)[0]
-    assert "skip the unconditional pass" in zw.host_notes(True)[0] and "γ₂ = 0 skip" in zw.host_notes(True)[0]
-    assert "Zigzag Euler and Zigzag (DDIM)" in zw.host_notes(True, hide_samplers_invert=True)[1]
+    assert "both CFG branches" in zreg.host_notes(False)[0]
+    assert "skip the unconditional pass" in zreg.host_notes(True)[0] and "γ₂ = 0 skip" in zreg.host_notes(True)[0]
+    assert "Zigzag Euler and Zigzag (DDIM)" in zreg.host_notes(True, hide_samplers_invert=True)[1]
     root = checkout.find_checkout_root(str(EXTENSION_DIR))
     assert root == str(EXTENSION_DIR.parents[1]) and checkout.is_inside(zigzag_kdiff.__file__, root)
     assert checkout.is_inside(str(EXTENSION_DIR / "install.py"), root)
@@ -742,21 +758,22 @@ def test_glue_script_against_standin_webui_modules(monkeypatch):
         monkeypatch.setitem(sys.modules, f"modules.{name}", module)
     monkeypatch.setitem(sys.modules, "modules", package)
     monkeypatch.setitem(sys.modules, "gradio", types.SimpleNamespace(Slider="Slider", Radio="Radio"))
-    monkeypatch.setitem(sys.modules, "zigzag_webui", zw)
+    for key in [k for k in sys.modules if k == "zigzag_webui" or k.startswith("zigzag_webui.")]:
+        monkeypatch.setitem(sys.modules, key, sys.modules[key])  # the glue loads the package afresh
 
     script = _load_script(EXTENSION_DIR / "scripts" / "zigzag.py")
     assert script.REGISTERED == ["Zigzag Euler", "Zigzag (DDIM)", "Zigzag DPM++ 2M"]
     assert "Zigzag DPM++ 2M" in registry.all_samplers_map
     assert set(callbacks) == {"ui_settings", "before_ui", "infotext_pasted"}
     # the X/Y/Z axes exist at import: in API-only mode the X/Y/Z UI copies them before before_ui runs
-    axis_labels = [axis[0] for axis in zw.XYZ_AXES]
+    axis_labels = [axis[0] for axis in zxyz.XYZ_AXES]
     assert [a.label for a in xyz.axis_options] == axis_labels
 
     callbacks["ui_settings"]()
     labels = opts.data_labels
-    assert {s.key for s in zw.SETTINGS} | {"zigzag_host_notes"} == set(labels)
+    assert {s.key for s in zset.SETTINGS} | {"zigzag_host_notes"} == set(labels)
     assert (
-        labels["zigzag_rounds"].infotext == "Zigzag rounds" and labels["zigzag_rounds"].section == zw.SETTINGS_SECTION
+        labels["zigzag_rounds"].infotext == "Zigzag rounds" and labels["zigzag_rounds"].section == zset.SETTINGS_SECTION
     )
     assert labels["zigzag_ddim_inversion_update"].component == "Radio"
     assert "both CFG branches" in labels["zigzag_host_notes"].default

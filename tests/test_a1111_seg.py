@@ -28,7 +28,14 @@ EXTENSION_DIR = Path(__file__).resolve().parents[1] / "extensions" / "sd-webui-z
 
 
 def _load(name: str) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(name, EXTENSION_DIR / f"{name}.py")
+    """Import a module or package of the extension folder by path, as the glue scripts do."""
+    path = EXTENSION_DIR / name
+    if path.is_dir():
+        spec = importlib.util.spec_from_file_location(
+            name, path / "__init__.py", submodule_search_locations=[str(path)]
+        )
+    else:
+        spec = importlib.util.spec_from_file_location(name, EXTENSION_DIR / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -36,8 +43,10 @@ def _load(name: str) -> types.ModuleType:
 
 
 sg = _load("seg_webui")
-zw = sys.modules.get("zigzag_webui") or _load("zigzag_webui")
-
+if "zigzag_webui" not in sys.modules:
+    _load("zigzag_webui")
+from zigzag_webui import forge as zforge  # noqa: E402
+from zigzag_webui import sampling as zsamp  # noqa: E402
 
 # --- host stand-ins (signatures as in A1111 1.10.1) ------------------------------------------------------
 
@@ -439,7 +448,7 @@ def test_off_outside_the_interval_and_in_inversion_calls(unet):
     inside = run_for(unet, sigma_low=2.0)  # σ_high 0: no upper limit
     a1111_forward(inner, x, sigma, uncond, cond, 5.0, image_cond, Callbacks(inside))
     assert inner.calls == [2, 3]
-    assert sg.INVERSION_ATTR == zw.INVERSION_ATTR
+    assert sg.INVERSION_ATTR == zsamp.INVERSION_ATTR
 
 
 def test_zigzag_inversion_calls_run_without_seg(unet):
@@ -455,7 +464,7 @@ def test_zigzag_inversion_calls_run_without_seg(unet):
             ]
 
     host = Host()
-    guided = zw.HostGuidedModel(host, 5.0, None)
+    guided = zsamp.HostGuidedModel(host, 5.0, None)
     extra = {"cond": cond, "uncond": uncond, "cond_scale": 5.0, "s_min_uncond": 0.0, "image_cond": image_cond}
     guided(x, sigma, **extra)
     guided.call_at_scale(guided, x, sigma, extra, 0.0)
@@ -466,7 +475,7 @@ def test_zigzag_inversion_calls_run_without_seg(unet):
             assert getattr(self, sg.INVERSION_ATTR)
             raise RuntimeError("inside the inversion call")
 
-    failing = zw.HostGuidedModel(Failing(), 5.0, None)
+    failing = zsamp.HostGuidedModel(Failing(), 5.0, None)
     with pytest.raises(RuntimeError, match="inside the inversion call"):
         failing.call_at_scale(failing, x, sigma, extra, 0.0)
     assert getattr(failing.host_model, sg.INVERSION_ATTR) is False
@@ -708,7 +717,7 @@ def test_forge_post_cfg_extra_call_blurs_every_row_and_adds_the_seg_term(unet):
     inversion["now"] = True
     assert post(args) is args["denoised"] and not calls
     # inversion-neutral (no inversion SEG): Zigzag's one-branch inversion at γ₂ = 0 stays on with SEG
-    assert sg.INVERSION_NEUTRAL == zw.INVERSION_NEUTRAL and getattr(post, sg.INVERSION_NEUTRAL) is True
+    assert sg.INVERSION_NEUTRAL == zforge.INVERSION_NEUTRAL and getattr(post, sg.INVERSION_NEUTRAL) is True
     inversion["now"] = False
     assert post({**args, "sigma": torch.tensor([12.0])}) is args["denoised"] and not calls  # outside the interval
     p = types.SimpleNamespace(sampler=types.SimpleNamespace(model_wrap_cfg=types.SimpleNamespace()))

@@ -180,7 +180,7 @@ def _curl_bodies() -> list[tuple[Path, dict]]:
 def test_http_api_examples_are_valid_json_with_existing_names():
     sys.path.insert(0, str(ROOT / "extensions" / "sd-webui-zigzag"))
     try:
-        from zigzag_webui import SAMPLER_NAMES
+        from zigzag_webui.names import SAMPLER_NAMES
     finally:
         sys.path.remove(str(ROOT / "extensions" / "sd-webui-zigzag"))
     bodies = _curl_bodies()

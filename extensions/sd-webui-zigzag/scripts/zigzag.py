@@ -1,7 +1,7 @@
 """Webui glue: registers "Zigzag Euler", "Zigzag (DDIM)" and "Zigzag DPM++ 2M", their settings, infotext and X/Y/Z axes.
 
 Runs when the webui imports the extension's scripts (before the UI is built; again on Reload UI).
-All logic is in ``zigzag_webui`` (next to this folder) and the sampling in ``zigzag_kdiff``.
+All logic is in the ``zigzag_webui`` package (next to this folder) and the sampling in ``zigzag_kdiff``.
 """
 
 import importlib.util
@@ -14,8 +14,16 @@ EXTENSION_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
 def _load_local(name):
-    """Import a module from the extension folder by path (the webui does not keep it on sys.path)."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(EXTENSION_DIR, f"{name}.py"))
+    """Import a module or package from the extension folder by path (the webui does not keep it on sys.path)."""
+    path = os.path.join(EXTENSION_DIR, name)
+    if os.path.isdir(path):  # a package: its modules import each other relatively; Reload UI imports them afresh
+        for key in [key for key in sys.modules if key.startswith(f"{name}.")]:
+            del sys.modules[key]
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(path, "__init__.py"), submodule_search_locations=[path]
+        )
+    else:
+        spec = importlib.util.spec_from_file_location(name, f"{path}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -27,7 +35,8 @@ if importlib.util.find_spec("zigzag_kdiff") is None:  # install.py skipped (--sk
     if _root is not None:
         sys.path.append(_root)
 
-zw = _load_local("zigzag_webui")
+_load_local("zigzag_webui")
+from zigzag_webui import infotext, names, registry, settings, xyz  # noqa: E402
 
 
 def _opts():
@@ -46,11 +55,11 @@ def _host_notes():
     forge_family = importlib.util.find_spec("modules_forge") is not None
     hidden = set(getattr(shared.opts, "hide_samplers", []) or [])
     invert = bool(getattr(shared.opts, "hide_samplers_invert", False))
-    return zw.host_notes(forge_family, invert and not set(zw.SAMPLER_NAMES.values()) <= hidden)
+    return registry.host_notes(forge_family, invert and not set(names.SAMPLER_NAMES.values()) <= hidden)
 
 
 try:
-    REGISTERED = zw.register_samplers(
+    REGISTERED = registry.register_samplers(
         sd_samplers, sd_samplers_common.SamplerData, sd_samplers_kdiffusion.KDiffusionSampler, _opts, _scheduler_names()
     )
     print(f"[Zigzag] samplers registered: {', '.join(REGISTERED)}. " + " ".join(_host_notes()))
@@ -63,26 +72,26 @@ def on_ui_settings():
     import gradio as gr
 
     components = {"slider": gr.Slider, "radio": gr.Radio}
-    for setting in zw.SETTINGS:
+    for setting in settings.SETTINGS:
         info = shared.OptionInfo(
             setting.default,
             setting.label,
             components[setting.kind],
             dict(setting.component_args),
-            section=zw.SETTINGS_SECTION,
+            section=settings.SETTINGS_SECTION,
             infotext=setting.infotext,
             category_id="sd",
         )
         shared.opts.add_option(setting.key, info.info(setting.info))
     notes = shared.OptionHTML("<br>".join(_host_notes()))
-    notes.section, notes.category_id = zw.SETTINGS_SECTION, "sd"
+    notes.section, notes.category_id = settings.SETTINGS_SECTION, "sd"
     shared.opts.add_option("zigzag_host_notes", notes)
 
 
 def add_xyz_axes():
-    xyz = zw.find_xyz_module(scripts.scripts_data)
-    if xyz is not None:
-        zw.add_xyz_axes(xyz)
+    module = xyz.find_xyz_module(scripts.scripts_data)
+    if module is not None:
+        xyz.add_xyz_axes(module)
 
 
 # Now, while the webui loads the scripts: the X/Y/Z script (a built-in script, loaded before extensions; again
@@ -96,8 +105,8 @@ def on_before_ui():
     add_xyz_axes()
 
 
-def on_infotext_pasted(infotext, params):
-    zw.fill_infotext_defaults(params, REGISTERED)
+def on_infotext_pasted(text, params):
+    infotext.fill_infotext_defaults(params, REGISTERED)
 
 
 class ZigzagInfotext(scripts.Script):
@@ -111,7 +120,7 @@ class ZigzagInfotext(scripts.Script):
         return scripts.AlwaysVisible
 
     def process(self, p, *args):
-        zw.forget_infotext(p)
+        infotext.forget_infotext(p)
 
 
 script_callbacks.on_ui_settings(on_ui_settings)
