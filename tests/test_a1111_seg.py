@@ -731,7 +731,12 @@ def test_forge_post_cfg_extra_call_blurs_every_row_and_adds_the_seg_term(unet):
 
 class _Component:
     def __init__(self, *args, **kwargs) -> None:
-        self.kwargs = kwargs
+        self.args, self.kwargs = args, kwargs
+
+    @property
+    def default(self):
+        """The value the webui's API takes for an argument a request leaves out (the component's start value)."""
+        return self.kwargs["value"] if "value" in self.kwargs else self.args[0]
 
     def __enter__(self):
         return self
@@ -916,3 +921,87 @@ def test_glue_on_forge_patches_a_clone_of_forge_objects_unet(monkeypatch, unet):
     (post,) = patched.model_options["sampler_post_cfg_function"]
     assert post.options.seg_scale == 1.5 and post.options.seg_blur_sigma == 2.0  # the hires pass's own settings
     assert glue.ACTIVE["run"] is None  # no A1111 callbacks on Forge
+
+
+# --- A1111 conditioning and API argument contracts -----------------------------------------------------------
+
+
+class ComposableScheduledPromptConditioning:  # modules/prompt_parser.py, A1111 1.10.1
+    def __init__(self, schedules, weight=1.0):
+        self.schedules, self.weight = schedules, weight
+
+
+class MulticondLearnedConditioning:  # modules/prompt_parser.py: batch[i] = the AND-parts of image i's prompt
+    def __init__(self, shape, batch):
+        self.shape, self.batch = shape, batch
+
+
+def test_multicond_stand_ins_have_the_hosts_signatures():
+    assert str(inspect.signature(ComposableScheduledPromptConditioning)) == "(schedules, weight=1.0)"
+    assert str(inspect.signature(MulticondLearnedConditioning)) == "(shape, batch)"
+
+
+def test_glue_and_prompt_skips_seg_before_the_infotext_is_written(monkeypatch, unet):
+    """A1111 cannot add the blurred rows to an AND-prompt batch: the pass runs without SEG, and the infotext (the
+    HTTP API's ``info``) says so instead of claiming a SEG scale."""
+    glue, _, _ = _glue(monkeypatch, forge=False)
+    comments = []
+    p = types.SimpleNamespace(
+        sd_model=types.SimpleNamespace(model=types.SimpleNamespace(diffusion_model=unet)),
+        extra_generation_params={"SEG scale": 9.0, "SEG note": "skipped: AND prompt", "Seed": 1},
+        is_hr_pass=False,
+        enable_hr=False,
+        comment=comments.append,
+    )
+    sys.modules["modules.shared"].sd_model = p.sd_model
+    script = glue.Script()
+    script.process(p, True, 3.0)
+    assert p.extra_generation_params == {"Seed": 1}  # another X/Y/Z cell's SEG entries are gone
+    and_prompt = MulticondLearnedConditioning(
+        (1,), [[ComposableScheduledPromptConditioning([]), ComposableScheduledPromptConditioning([], 0.5)]]
+    )
+    script.process_before_every_sampling(p, True, 3.0, x=None, noise=None, c=and_prompt, uc=None)
+    assert p.extra_generation_params == {"Seed": 1, "SEG note": "skipped: AND prompt"}
+    assert glue.ACTIVE["run"] is None and len(comments) == 1 and "AND prompts" in comments[0]
+    p.is_hr_pass = True  # a hires pass with AND prompts: noted for that pass
+    script.process_before_every_sampling(p, True, 3.0, x=None, noise=None, c=and_prompt, uc=None)
+    assert p.extra_generation_params["SEG note"] == "skipped: AND prompt; hires pass skipped: AND prompt"
+
+    p.is_hr_pass, p.extra_generation_params = False, {}
+    plain = MulticondLearnedConditioning((2,), [[ComposableScheduledPromptConditioning([])]] * 2)
+    script.process_before_every_sampling(p, True, 3.0, x=None, noise=None, c=plain, uc=None)
+    assert glue.ACTIVE["run"] is not None and p.extra_generation_params["SEG scale"] == 3.0
+    assert "SEG note" not in p.extra_generation_params
+    script.postprocess(p, None, True, 3.0)
+
+    assert sg.a1111_skip_reason(plain, edit_model=True) == "InstructPix2Pix model"
+    edit = types.SimpleNamespace(sd_model=types.SimpleNamespace(cond_stage_key="edit"), image_cfg_scale=1.5)
+    assert sg.a1111_edit_model(edit) and not sg.a1111_edit_model(
+        types.SimpleNamespace(**{**vars(edit), "image_cfg_scale": 1.0})
+    )
+    assert not sg.a1111_edit_model(p)
+
+
+def a1111_api_script_args(defaults, args_from, args_to, request_args):
+    """What an always-on script receives from an HTTP request, as A1111 1.10.1's ``Api.init_script_args`` (also
+    Forge's) builds it: the UI components' start values, overwritten by the first ``args_to − args_from`` items
+    of the request's ``args``; further items are dropped without an error."""
+    script_args = list(defaults)
+    for index, value in enumerate(request_args[: args_to - args_from]):
+        script_args[args_from + index] = value
+    return script_args[args_from:args_to]
+
+
+def test_api_takes_exactly_nine_seg_arguments_and_fills_missing_ones_with_the_defaults(monkeypatch):
+    glue, _, _ = _glue(monkeypatch, forge=False)
+    components = glue.Script().ui(is_img2img=False)
+    count = len(sg.args_in_order())
+    assert count == len(components) == 9
+    defaults = [component.default for component in components]
+    assert defaults == [getattr(sg.SEGArgs(), name) for name in sg.args_in_order()]  # UI start values = SEGArgs()
+    full = [True, 4.0, "8", "mid", 0, 0, sg.HIRES_SAME, 3.0, "infinite"]
+    assert a1111_api_script_args(defaults, 0, count, [*full, "a 10th"]) == full  # dropped by the webui
+    short = a1111_api_script_args(defaults, 0, count, [True, 4.0])
+    assert sg.SEGArgs.from_script_args(short) == sg.SEGArgs(enabled=True, seg_scale=4.0)
+    page = " ".join((Path(__file__).resolve().parents[1] / "docs" / "a1111-forge.md").read_text().split())
+    assert f"takes exactly {count} arguments" in page and "a 10th and later ones are dropped" in page

@@ -179,6 +179,57 @@ def args_from_infotext(params: Mapping[str, str]) -> SEGArgs:
     )
 
 
+NOTE_INFOTEXT = "SEG note"
+"""Infotext key saying that SEG was on but not applied, and why (the HTTP API's ``info`` carries the infotext,
+not the comments under the image)."""
+
+
+def forget_infotext(params: dict[str, Any]) -> None:
+    """Drop the SEG entries another X/Y/Z cell left in the shared ``p.extra_generation_params`` dict."""
+    for key in (*INFOTEXT.values(), NOTE_INFOTEXT):
+        params.pop(key, None)
+
+
+def a1111_skip_reason(conditioning: Any, edit_model: bool = False) -> str | None:
+    """Why :class:`A1111SEG` would leave every call of a pass without SEG, read from the pass's conditioning
+    before sampling (A1111 1.10's ``process_before_every_sampling(p, ..., c=...)``): ``c`` is a
+    ``MulticondLearnedConditioning`` whose ``batch`` holds, per image, one entry per AND-part of the prompt; an
+    InstructPix2Pix model at Image CFG Scale ≠ 1 evaluates three chunks. ``None``: SEG applies."""
+    batch = getattr(conditioning, "batch", None)
+    if batch is not None and any(len(parts) > 1 for parts in batch):
+        return "AND prompt"
+    if edit_model:
+        return "InstructPix2Pix model"
+    return None
+
+
+def a1111_edit_model(p: Any) -> bool:
+    """Whether A1111's ``CFGDenoiser`` evaluates ``p`` with the edit model's three-chunk layout (1.10.1:
+    ``cond_stage_key == "edit"`` and an Image CFG Scale other than None and 1)."""
+    image_cfg_scale = getattr(p, "image_cfg_scale", None)
+    edit = getattr(getattr(p, "sd_model", None), "cond_stage_key", None) == "edit"
+    return edit and image_cfg_scale is not None and float(image_cfg_scale) != 1.0
+
+
+def note_skipped(p: Any, reason: str, hires_pass: bool = False) -> str:
+    """Record that SEG is on but skipped for this pass: no SEG entries for that pass, a ``SEG note`` infotext entry
+    (``skipped: AND prompt``, ``hires pass skipped: ...``) and the message (returned, for the console)."""
+    marker = f"{'hires pass ' if hires_pass else ''}skipped: {reason}"
+    params = p.extra_generation_params
+    markers = [m for m in str(params.get(NOTE_INFOTEXT) or "").split("; ") if m]
+    if marker not in markers:
+        params[NOTE_INFOTEXT] = "; ".join([*markers, marker])
+    if not hires_pass:
+        for key in INFOTEXT.values():
+            params.pop(key, None)
+    layout = "AND prompts (several conds per image)" if reason == "AND prompt" else "an InstructPix2Pix model"
+    where = "in the hires pass " if hires_pass else ""
+    message = f"Smoothed Energy Guidance {where}skipped: A1111 cannot add the blurred rows to a batch with {layout}"
+    if hasattr(p, "comment"):
+        p.comment(message)
+    return message
+
+
 # --- X/Y/Z axes -----------------------------------------------------------------------------------------
 
 

@@ -137,6 +137,7 @@ class Script(scripts.Script):
 
     def process(self, p, *args):
         _close_run()  # whatever an interrupted or failed earlier generation left
+        sg.forget_infotext(p.extra_generation_params)  # X/Y/Z cells share one dict
         try:  # bad input: a clear ValueError before any model call, nothing applied
             seg_args = sg.SEGArgs.from_script_args(args).with_overrides(getattr(p, sg.OVERRIDES_ATTR, None))
             for hires_pass in (False, True) if getattr(p, "enable_hr", False) else (False,):
@@ -161,6 +162,11 @@ class Script(scripts.Script):
         else:
             from modules import shared
 
+            hires_pass = bool(getattr(p, "is_hr_pass", False))
+            reason = sg.a1111_skip_reason(kwargs.get("c"), sg.a1111_edit_model(p))
+            if reason is not None:  # decided before the infotext is written: the image has no SEG
+                print(sg.note_skipped(p, reason, hires_pass))
+                return
             ACTIVE["run"] = sg.A1111SEG(
                 options,
                 p.sd_model.model.diffusion_model,
