@@ -641,7 +641,8 @@ def test_registration_contract_in_place_idempotent_and_refusing():
     assert registry.samplers_map["zigzag_ddim"] == "Zigzag (DDIM)" and registry.cache_clears == 1
     assert registry.samplers_map["zigzag_dpmpp_2m"] == "Zigzag DPM++ 2M"
     dpmpp = registry.all_samplers_map["Zigzag DPM++ 2M"]
-    assert dpmpp.options == {"zigzag_rule": "dpmpp_2m"} and dpmpp.total_steps(20) == 20 + 2 * 2 * 10
+    assert dpmpp.options == {"zigzag_rule": "dpmpp_2m", "scheduler": "karras"}
+    assert dpmpp.total_steps(20) == 20 + 2 * 2 * 10
     assert dpmpp.constructor("sd_model").func.__name__ == "sample_zigzag_dpmpp_2m_webui"
 
     entry = registry.all_samplers_map["Zigzag Euler"]
@@ -665,6 +666,33 @@ def test_registration_contract_in_place_idempotent_and_refusing():
         zreg.register_samplers(
             standin_sd_samplers(), StandInSamplerData, StandInKDiffusionSampler, lambda: opts, ["(DDIM)"]
         )
+
+
+# A1111 1.10.1's built-in entries (modules/sd_samplers_kdiffusion.py samplers_k_diffusion, sd_samplers_timesteps.py):
+# (label, options); DDIM's timesteps sampler spaces its timesteps 1000 // T apart, the "DDIM" Schedule type's sigmas.
+HOST_ENTRIES = {"Euler": {}, "DPM++ 2M": {"scheduler": "karras"}, "DDIM": {}}
+HOST_SCHEDULE_AT_AUTOMATIC = {"Euler": None, "DPM++ 2M": "karras", "DDIM": "ddim"}
+SCHEDULERS_MAP = {**{n: n for n in ("uniform", "karras", "exponential", "ddim")}, "Karras": "karras", "DDIM": "ddim"}
+
+
+def schedule_used(sampler_data, scheduler: str = "Automatic") -> str | None:
+    """The schedule ``KDiffusionSampler.get_sigmas`` (A1111 1.10.1, Forge) uses: the Schedule type, at "Automatic"
+    the entry's ``options['scheduler']`` looked up by name or label; None = the model's own ``get_sigmas``."""
+    name = scheduler if scheduler != "Automatic" else sampler_data.options.get("scheduler", None)
+    return SCHEDULERS_MAP.get(name)
+
+
+def test_each_entry_defaults_to_the_schedule_of_the_sampler_it_extends():
+    registry = standin_sd_samplers()
+    zreg.register_samplers(registry, StandInSamplerData, StandInKDiffusionSampler, settings_opts)
+    extends = {"Zigzag Euler": "Euler", "Zigzag DPM++ 2M": "DPM++ 2M", "Zigzag (DDIM)": "DDIM"}
+    for ours, host in extends.items():
+        entry = registry.all_samplers_map[ours]
+        host_schedule = HOST_SCHEDULE_AT_AUTOMATIC[host]
+        if host != "DDIM":
+            assert schedule_used(StandInSamplerData(host, None, [], HOST_ENTRIES[host])) == host_schedule
+        assert schedule_used(entry) == host_schedule, ours
+        assert schedule_used(entry, "Exponential".lower()) == "exponential"  # a chosen Schedule type wins
 
 
 class StandInAxisOption:

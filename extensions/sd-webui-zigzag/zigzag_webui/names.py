@@ -15,6 +15,12 @@ SAMPLER_ALIASES = {"euler": ["zigzag_euler"], "ddim": ["zigzag_ddim"], "dpmpp_2m
 OPTION_KEY = "zigzag_rule"
 """Key in ``SamplerData.options`` that marks an entry as ours (and names its rule)."""
 
+DEFAULT_SCHEDULERS = {"euler": None, "ddim": "ddim", "dpmpp_2m": "karras"}
+"""The Schedule type each entry uses at "Automatic": that of the sampler it extends, as ``SamplerData.options
+['scheduler']`` (read by ``KDiffusionSampler.get_sigmas`` at "Automatic", A1111 1.10 and Forge). Euler: none, the
+model's own sigmas; DDIM: the "DDIM" Schedule type, the DDIM sampler's timesteps (1000 // T apart); DPM++ 2M:
+Karras."""
+
 
 def our_sampler_labels() -> set[str]:
     """Every dropdown name and alias of the zigzag entries."""

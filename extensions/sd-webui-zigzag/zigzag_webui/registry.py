@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .names import OPTION_KEY, RULES, SAMPLER_ALIASES, SAMPLER_NAMES, check_sampler_name
+from .names import DEFAULT_SCHEDULERS, OPTION_KEY, RULES, SAMPLER_ALIASES, SAMPLER_NAMES, check_sampler_name
 from .sampling import sample_in_host
 from .settings import read_settings, total_model_calls
 
@@ -78,7 +78,10 @@ def register_samplers(
         def constructor(model, func=func):
             return kdiffusion_sampler(func, model)
 
-        ours[name] = data_class(name, constructor, list(SAMPLER_ALIASES[rule]), {OPTION_KEY: rule})
+        options = {OPTION_KEY: rule}
+        if DEFAULT_SCHEDULERS[rule] is not None:
+            options["scheduler"] = DEFAULT_SCHEDULERS[rule]
+        ours[name] = data_class(name, constructor, list(SAMPLER_ALIASES[rule]), options)
 
     samplers = sd_samplers.all_samplers
     for name, data in ours.items():
