@@ -735,6 +735,24 @@ def test_host_notes_and_checkout_discovery(tmp_path):
     assert checkout.find_checkout_root(str(link)) == root
 
 
+def options_set(opts, key, value) -> bool:
+    """``modules.options.Options.set(key, value)`` as A1111 1.10.1 and Forge run it (also for ``POST
+    /sdapi/v1/options``): store the value, call the option's ``onchange()``; if that raises, print the error, put
+    the old value back and return False (the API then saves the settings with the old value)."""
+    old = getattr(opts, key)
+    if old == value:
+        return False
+    setattr(opts, key, value)
+    onchange = opts.data_labels[key].onchange
+    if onchange is not None:
+        try:
+            onchange()
+        except Exception:
+            setattr(opts, key, old)
+            return False
+    return True
+
+
 def test_glue_script_against_standin_webui_modules(monkeypatch):
     """``scripts/zigzag.py`` imported the way the webui imports it, with contract stand-ins for the
     ``modules.*`` it uses (and gradio): registration, settings section, X/Y/Z axes, infotext pasting."""
@@ -746,6 +764,7 @@ def test_glue_script_against_standin_webui_modules(monkeypatch):
                      refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
                      category_id=None):  # fmt: skip
             self.default, self.label, self.component, self.component_args = default, label, component, component_args
+            self.onchange = onchange
             self.section, self.infotext, self.category_id, self.comment_after = section, infotext, category_id, ""
 
         def info(self, info):
@@ -805,6 +824,12 @@ def test_glue_script_against_standin_webui_modules(monkeypatch):
     )
     assert labels["zigzag_ddim_inversion_update"].component == "Radio"
     assert "both CFG branches" in labels["zigzag_host_notes"].default
+    # POST /sdapi/v1/options and Settings → Apply: an invalid value is refused when it is set
+    assert options_set(opts, "zigzag_steps_fraction", 7) is False and opts.zigzag_steps_fraction == 1.0
+    assert options_set(opts, "zigzag_rounds", -1) is False and opts.zigzag_rounds == 1
+    assert options_set(opts, "zigzag_ddim_inversion_update", "diffusers") is False
+    assert options_set(opts, "zigzag_steps_fraction", "0.5") is True and opts.zigzag_steps_fraction == "0.5"
+    assert zset.read_settings(opts).steps_fraction == 0.5
 
     callbacks["before_ui"]()  # web UI mode: before_ui runs before the UI is built; nothing is added twice
     assert [a.label for a in xyz.axis_options] == axis_labels

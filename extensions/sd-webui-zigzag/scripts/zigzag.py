@@ -78,6 +78,7 @@ def on_ui_settings():
             setting.label,
             components[setting.kind],
             dict(setting.component_args),
+            onchange=settings.refuse_invalid(setting.key, _opts),  # an invalid value is refused when set
             section=settings.SETTINGS_SECTION,
             infotext=setting.infotext,
             category_id="sd",

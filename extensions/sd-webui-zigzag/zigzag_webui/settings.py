@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,6 +166,21 @@ def read_settings(opts: Any) -> ZigzagSettings:
             f"limit), got low={settings.sigma_low:g} > high={settings.sigma_high:g}"
         )
     return settings
+
+
+def refuse_invalid(key: str, get_opts: Callable[[], Any]) -> Callable[[], None]:
+    """``OptionInfo(onchange=...)`` of setting ``key``: refuses an invalid value when it is set.
+
+    The hosts' ``Options.set`` (Settings → Apply, ``POST /sdapi/v1/options``) stores the new value, then calls
+    ``onchange()``; when it raises, they print the error, put the old value back and do not save it (the HTTP
+    response does not say so). ``override_settings`` skip ``onchange``: a bad value there fails that request
+    with the ``ValueError`` of :func:`read_settings`, before any model call.
+    """
+
+    def onchange() -> None:
+        validate_setting(key, getattr(get_opts(), key))
+
+    return onchange
 
 
 # --- bookkeeping ----------------------------------------------------------------------------------
