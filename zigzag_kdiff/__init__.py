@@ -5,6 +5,7 @@ The core imports only torch and tqdm; host integrations are thin adapters over
 :mod:`zigzag_kdiff.sampling` and :mod:`zigzag_kdiff.guidance`.
 """
 
+from .flow import FlowDenoiser, is_flow
 from .guidance import CallCounter, CFGDenoiser, GuidanceInterval
 from .kdiffusion import SAMPLERS, register_k_diffusion
 from .sampling import (
@@ -22,11 +23,13 @@ __version__ = "0.2.0"
 __all__ = [
     "CFGDenoiser",
     "CallCounter",
+    "FlowDenoiser",
     "GuidanceInterval",
     "SAMPLERS",
     "count_model_calls",
     "ddim_sigmas",
     "ddim_timesteps",
+    "is_flow",
     "register_k_diffusion",
     "sample_zigzag_ddim",
     "sample_zigzag_dpmpp_2m",

@@ -40,12 +40,15 @@ Design decisions:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import torch
 from tqdm.auto import trange
 
+from .flow import is_flow
 from .guidance import GuidanceInterval, check_finite
 
 __all__ = [
@@ -55,6 +58,10 @@ __all__ = [
     "ddim_timesteps",
     "ddim_sigmas",
     "call_with_cond_scale",
+    "LatentSpace",
+    "VE",
+    "FLOW",
+    "latent_space",
     "zigzag_plan",
     "count_model_calls",
     "sample_zigzag_euler",
@@ -83,6 +90,84 @@ def to_d(x: torch.Tensor, sigma: torch.Tensor, denoised: torch.Tensor) -> torch.
 def _alpha_bar(sigma: torch.Tensor) -> torch.Tensor:
     """ᾱ of a VE noise level: ``ᾱ = 1/(1 + σ²)``."""
     return 1 / (1 + sigma**2)
+
+
+# --- latent spaces: x_σ = α(σ)·x₀ + σ·ε ------------------------------------------------------------
+
+
+class LatentSpace(Protocol):
+    """What a rule needs to know about the latent ``x_σ = α(σ)·x₀ + σ·ε`` besides ``D(x; σ)``."""
+
+    name: str
+
+    def half_log_snr(self, sigma: torch.Tensor) -> torch.Tensor:
+        """λ = log(α/σ), DPM-Solver's time (k-diffusion's ``t_fn``)."""
+        ...
+
+    def sigma_at(self, half_log_snr: torch.Tensor) -> torch.Tensor:
+        """σ from λ (k-diffusion's ``sigma_fn``)."""
+        ...
+
+    def alpha(self, sigma: torch.Tensor) -> torch.Tensor | float:
+        """α(σ), the signal scale."""
+        ...
+
+    def previous_level_input(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        """The latent to pass at σ_i so the *network* sees the level-σ_{i+1} latent ``x`` (eq. 4's ε^t(x_{t−1}))."""
+        ...
+
+
+class _VarianceExploding:
+    """k-diffusion's latent ``x = x₀ + σ·ε`` (α = 1, λ = −log σ); ε/v-models seen through ``c_in = 1/sqrt(σ² + 1)``."""
+
+    name = "ve"
+
+    def half_log_snr(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma.log().neg()
+
+    def sigma_at(self, half_log_snr: torch.Tensor) -> torch.Tensor:
+        return half_log_snr.neg().exp()
+
+    def alpha(self, sigma: torch.Tensor) -> float:
+        return 1.0
+
+    def previous_level_input(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        # A discrete ε-model's denoiser feeds the network c_in(σ)·x = sqrt(ᾱ)·x; at σ_i on
+        # x·sqrt(σ_i² + 1)/sqrt(σ_{i+1}² + 1) the network sees sqrt(ᾱ_{i+1})·x, the released code's VP latent.
+        return x * ((sigma**2 + 1) / (sigma_next**2 + 1)) ** 0.5
+
+
+class _RectifiedFlow:
+    """The flow latent ``x = (1 − σ)·x₀ + σ·ε`` (α = 1 − σ, λ = log((1 − σ)/σ)); the network sees ``x`` (c_in = 1)."""
+
+    name = "flow"
+
+    def half_log_snr(self, sigma: torch.Tensor) -> torch.Tensor:
+        return (-sigma).log1p() - sigma.log()  # −inf at σ = 1, +inf at σ = 0
+
+    def sigma_at(self, half_log_snr: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(-half_log_snr)  # σ = 1/(1 + e^λ)
+
+    def alpha(self, sigma: torch.Tensor) -> torch.Tensor:
+        return 1 - sigma
+
+    def previous_level_input(self, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+VE: LatentSpace = _VarianceExploding()
+"""k-diffusion's variance-exploding latent (ε/v UNets through ``k_diffusion.external``)."""
+FLOW: LatentSpace = _RectifiedFlow()
+"""The rectified-flow latent (:class:`~zigzag_kdiff.flow.FlowDenoiser`; SD3, Flux)."""
+
+
+def latent_space(model: object, flow: bool | None = None) -> LatentSpace:
+    """:data:`FLOW` if ``flow`` (``None``: :func:`~zigzag_kdiff.flow.is_flow` of ``model``), else :data:`VE`."""
+    if flow is None:
+        flow = is_flow(model)
+    elif not isinstance(flow, bool):
+        raise ValueError(f"flow must be True, False or None (None = detect from the model), got {flow!r}")
+    return FLOW if flow else VE
 
 
 # --- DDIM schedule ------------------------------------------------------------------------------
@@ -202,7 +287,10 @@ class CallAtScale(Protocol):
         sigma: torch.Tensor,
         extra_args: dict[str, Any],
         scale: float,
-    ) -> torch.Tensor: ...
+        guidance: float | None = None,
+    ) -> torch.Tensor:
+        """``guidance`` (g₂, distilled guidance) is passed only when the sampler's ``inversion_guidance`` is set."""
+        ...
 
 
 def call_with_cond_scale(
@@ -211,6 +299,7 @@ def call_with_cond_scale(
     sigma: torch.Tensor,
     extra_args: dict[str, Any],
     scale: float,
+    guidance: float | None = None,
 ) -> torch.Tensor:
     """The default: call the model with a *copy* of ``extra_args`` whose ``cond_scale`` is replaced.
 
@@ -218,10 +307,13 @@ def call_with_cond_scale(
     (the caller's dict is never mutated: hosts such as A1111's refiner switch mutate it themselves).
     With SEG (``seg_scale`` in ``extra_args``) the copy's ``seg_scale`` is ``extra_args["inversion_seg_scale"]``,
     default 0: inversion calls run without SEG unless asked (see :mod:`zigzag_kdiff.seg`).
+    With ``guidance`` (g₂) the copy's ``guidance`` is replaced too: a distilled model's inversion guidance.
     """
     args = {**extra_args, "cond_scale": scale}
     if "seg_scale" in args:
         args["seg_scale"] = args.get("inversion_seg_scale", 0.0)
+    if guidance is not None:
+        args["guidance"] = guidance
     return model(x, sigma, **args)
 
 
@@ -239,22 +331,27 @@ def invert_euler(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, i: int
 
 
 def _eps_at_previous_level(
-    denoise: Denoise, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor
+    denoise: Denoise, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, space: LatentSpace = VE
 ) -> torch.Tensor:
-    """ε^t(x_{t−1}) of eq. 4: the model told level σ_i while it sees the level-σ_{i+1} latent.
+    """ε^t(x_{t−1}) of eq. 4: the model told level σ_i while its network sees the level-σ_{i+1} latent.
 
-    A discrete ε-model's denoiser feeds the network ``c_in(σ)·x = sqrt(ᾱ)·x``; calling it at σ_i on
-    ``x·sqrt(σ_i² + 1)/sqrt(σ_{i+1}² + 1)`` makes the network see ``sqrt(ᾱ_{i+1})·x`` (the released
-    code's VP latent) at timestep t_i.
+    VE (a discrete ε-model): the latent is rescaled so the UNet sees the released code's VP latent
+    (:meth:`LatentSpace.previous_level_input`); flow: the network's input is the latent itself, no rescaling.
     """
-    x_in = x * ((sigma**2 + 1) / (sigma_next**2 + 1)) ** 0.5
+    x_in = space.previous_level_input(x, sigma, sigma_next)
     return to_d(x_in, sigma, denoise(x_in, sigma))
 
 
-def invert_ddim(denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, i: int) -> torch.Tensor:
-    """DDIM inversion as the paper's eq. 4 (and diffusers ≤ 0.21.4): ``x̃ = x + (σ_i − σ_{i+1})·ε``."""
+def invert_ddim(
+    denoise: Denoise, x: torch.Tensor, sigmas: torch.Tensor, i: int, space: LatentSpace = VE
+) -> torch.Tensor:
+    """DDIM inversion as the paper's eq. 4 (and diffusers ≤ 0.21.4): ``x̃ = x + (σ_i − σ_{i+1})·ε``.
+
+    On flow latents (``space=FLOW``): ``x̃ = x + (σ_i − σ_{i+1})·(x − D(x; σ_i))/σ_i``, the model at σ_i
+    on the level-(i+1) latent, as the released code's approximation, with no rescaling.
+    """
     sigma, sigma_next = sigmas[i], sigmas[i + 1]
-    eps = _eps_at_previous_level(denoise, x, sigma, sigma_next)
+    eps = _eps_at_previous_level(denoise, x, sigma, sigma_next, space)
     return x + eps * (sigma - sigma_next)
 
 
@@ -303,25 +400,27 @@ def step_euler(
     return x + to_d(x, sigma, denoised) * (sigma_next - sigma)
 
 
-def _t(sigma: torch.Tensor) -> torch.Tensor:
-    """DPM-Solver's time ``t = −log σ`` (the negative half log-SNR of a VE level)."""
-    return sigma.log().neg()
-
-
-def _sigma(t: torch.Tensor) -> torch.Tensor:
-    return t.neg().exp()
-
-
 def step_dpmpp_2m(
-    x: torch.Tensor, denoised: torch.Tensor, sigmas: torch.Tensor, i: int, old_denoised: torch.Tensor | None
+    x: torch.Tensor,
+    denoised: torch.Tensor,
+    sigmas: torch.Tensor,
+    i: int,
+    old_denoised: torch.Tensor | None,
+    space: LatentSpace = VE,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) step (Lu et al. 2022, Algorithm 2; k-diffusion's ``sample_dpmpp_2m`` update).
 
-    With ``t = −log σ``, ``h = t_{i+1} − t_i``: ``x' = (σ_{i+1}/σ_i)·x − (e^{−h} − 1)·D̂`` where
-    ``D̂ = denoised`` (first order) at the first step and into σ = 0, else the multistep correction
-    ``D̂ = (1 + 1/(2r))·D_i − (1/(2r))·D_{i−1}`` with ``r = h_last/h`` and ``h_last = t_i − t_{i−1}``.
-    The operations are k-diffusion's, in its order, so that ``zigzag_steps=0`` is bit for bit
-    ``sample_dpmpp_2m``.
+    For ``x_σ = α(σ)·x₀ + σ·ε`` with half-log-SNR ``λ = log(α/σ)``, ``h = λ_{i+1} − λ_i``:
+    ``x' = (σ_{i+1}/σ_i)·x − α_{i+1}·(e^{−h} − 1)·D̂`` where ``D̂ = denoised`` (first order) at the
+    first step and into σ = 0, else the multistep correction ``D̂ = (1 + 1/(2r))·D_i − (1/(2r))·D_{i−1}``
+    with ``r = h_last/h`` and ``h_last = λ_i − λ_{i−1}``.
+
+    * VE (``space=VE``): α = 1, λ = −log σ. The operations are k-diffusion's, in its order, so that
+      ``zigzag_steps=0`` is bit for bit ``sample_dpmpp_2m``.
+    * Flow (``space=FLOW``): α = 1 − σ, λ = log((1 − σ)/σ). This is the VE update on the VE view
+      ``x/(1 − σ)``, ``σ/(1 − σ)`` multiplied by α_{i+1}, so ``zigzag_steps=0`` equals ``sample_dpmpp_2m``
+      on that view (up to rounding) wherever the view exists (σ_0 < 1); from σ_0 = 1 (λ = −∞) the first
+      step is the Euler step and the second is first order (r = ∞), the view's limit.
 
     Inside a zigzag step (the engine, :func:`moved_history`). The history of step ``i`` is the final
     denoised prediction of step ``i − 1``, made on the latent that step's last (re-)denoising started
@@ -336,14 +435,15 @@ def step_dpmpp_2m(
     added to the re-denoised prediction (no extra model call).
     """
     sigma, sigma_next = sigmas[i], sigmas[i + 1]
-    t, t_next = _t(sigma), _t(sigma_next)
+    t, t_next = space.half_log_snr(sigma), space.half_log_snr(sigma_next)
     h = t_next - t
+    alpha_next = space.alpha(sigma_next)
     if old_denoised is None or sigma_next == 0:
-        return (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised
-    h_last = t - _t(sigmas[i - 1])
+        return (space.sigma_at(t_next) / space.sigma_at(t)) * x - alpha_next * (-h).expm1() * denoised
+    h_last = t - space.half_log_snr(sigmas[i - 1])
     r = h_last / h
     denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-    return (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * denoised_d
+    return (space.sigma_at(t_next) / space.sigma_at(t)) * x - alpha_next * (-h).expm1() * denoised_d
 
 
 def moved_history(
@@ -358,6 +458,39 @@ def moved_history(
 
 
 # --- the engine: Algorithm 1 ----------------------------------------------------------------------
+
+
+def _check_distilled_guidance(
+    inversion_guidance: float | None,
+    guidance: float | torch.Tensor | None,
+    extra_args: dict[str, Any],
+    zigzags: bool,
+    call_at_scale: CallAtScale,
+) -> float | None:
+    """Validate g₂ (``inversion_guidance``) against g₁ (``guidance``, else ``extra_args["guidance"]``); return g₂.
+
+    g₁ may be a tensor of one value per row (then g₂ must not exceed its smallest value).
+    """
+    if guidance is None:
+        guidance = extra_args.get("guidance")
+    if isinstance(guidance, torch.Tensor):
+        guidance = float(guidance.min()) if bool(torch.isfinite(guidance).all()) else math.nan
+    if guidance is not None:
+        guidance = check_finite("guidance", guidance)
+    if inversion_guidance is None:
+        return None
+    inversion_guidance = check_finite("inversion_guidance", inversion_guidance)
+    if zigzags and guidance is None and call_at_scale is call_with_cond_scale:
+        raise ValueError(
+            "inversion_guidance (g₂) needs the denoising calls' distilled guidance g₁: put 'guidance' in "
+            "extra_args (or pass guidance=g₁)"
+        )
+    if zigzags and guidance is not None and inversion_guidance > guidance:
+        raise ValueError(
+            f"inversion_guidance (g₂) must be <= the denoising distilled guidance g₁ = {guidance:g} so the gap "
+            f"g₁ − g₂ is >= 0 (allowed: -inf < inversion_guidance <= {guidance:g}), got {inversion_guidance:g}"
+        )
+    return inversion_guidance
 
 
 def _sample_zigzag(
@@ -376,9 +509,17 @@ def _sample_zigzag(
     call_at_scale: CallAtScale | None,
     cond_scale: float | None,
     move_history: bool = True,  # False only for the diagnostic in bench.convergence
+    *,
+    space: LatentSpace = VE,
+    inversion_guidance: float | None = None,
+    guidance: float | None = None,
 ) -> torch.Tensor:
     extra_args = {} if extra_args is None else extra_args
     _check_sigmas(sigmas)
+    if space is FLOW and float(sigmas[0]) > 1:
+        raise ValueError(
+            f"sigmas of a flow latent must lie in [0, 1] (x = (1 − σ)·x₀ + σ·ε), got sigmas[0]={float(sigmas[0]):.6g}"
+        )
     steps = len(sigmas) - 1
     zigzag_steps = _check_zigzag_options(steps, zigzag_steps, zigzag_rounds)
     inversion_scale = check_finite("inversion_scale", inversion_scale)
@@ -403,11 +544,14 @@ def _sample_zigzag(
                 f"inversion_scale (γ₂) must be <= the denoising scale cond_scale (γ₁) = {cond_scale:g} "
                 f"so the guidance gap γ₁ − γ₂ is >= 0, got inversion_scale={inversion_scale:g}"
             )
+    inversion_guidance = _check_distilled_guidance(inversion_guidance, guidance, extra_args, zigzags, call_at_scale)
 
     s_in = x.new_ones([x.shape[0]])
 
     def denoise_at_inversion_scale(x_in: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return call_at_scale(model, x_in, sigma * s_in, extra_args, inversion_scale)
+        if inversion_guidance is None:  # hooks written before distilled guidance keep working
+            return call_at_scale(model, x_in, sigma * s_in, extra_args, inversion_scale)
+        return call_at_scale(model, x_in, sigma * s_in, extra_args, inversion_scale, guidance=inversion_guidance)
 
     old_denoised = None  # a multistep rule's history: the final denoised prediction of step i − 1
     for i in trange(steps, disable=disable):
@@ -447,6 +591,12 @@ _ZIGZAG_ARGS_DOC = """
         call_at_scale: how to evaluate the model at γ₂ (see :class:`CallAtScale`); default
             :func:`call_with_cond_scale`. Host adapters (ComfyUI) supply their own.
         cond_scale: γ₁ for the gap check when it is not in ``extra_args`` (host adapters).
+        flow: the latent is a flow latent ``(1 − σ)·x₀ + σ·ε`` (sigmas in [0, 1]); ``None``: detect
+            with :func:`zigzag_kdiff.flow.is_flow` (a :class:`~zigzag_kdiff.flow.FlowDenoiser` inside ``model``).
+        inversion_guidance: g₂, the distilled guidance of every inversion call (guidance-distilled models
+            such as Flux dev); ``None``: the inversions keep the caller's ``extra_args["guidance"]``.
+            Must be ``<= g₁``.
+        guidance: g₁ for that check when it is not in ``extra_args["guidance"]`` (host adapters).
 """
 
 
@@ -465,13 +615,18 @@ def sample_zigzag_euler(
     guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
     call_at_scale: CallAtScale | None = None,
     cond_scale: float | None = None,
+    flow: bool | None = None,
+    inversion_guidance: float | None = None,
+    guidance: float | None = None,
 ) -> torch.Tensor:
     """Z-Sampling with Euler steps; the inversion evaluates the model at the latent's true level.
 
     Step i: denoise σ_i → σ_{i+1} at γ₁ (eq. 2). On zigzag steps, T_max times: invert σ_{i+1} → σ_i
     with an Euler step whose derivative is evaluated at γ₂ on the latent where it is, at σ_{i+1}, then
     denoise σ_i → σ_{i+1} at γ₁ again. With ``zigzag_steps=0`` this is k-diffusion's ``sample_euler``.
+    The same rule on flow latents (an Euler step in σ is the flow Euler step).
     """
+    space = latent_space(model, flow)
     return _sample_zigzag(
         model,
         x,
@@ -487,6 +642,9 @@ def sample_zigzag_euler(
         guidance_interval,
         call_at_scale,
         cond_scale,
+        space=space,
+        inversion_guidance=inversion_guidance,
+        guidance=guidance,
     )
 
 
@@ -505,6 +663,9 @@ def sample_zigzag_ddim(
     guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
     call_at_scale: CallAtScale | None = None,
     cond_scale: float | None = None,
+    flow: bool | None = None,
+    inversion_guidance: float | None = None,
+    guidance: float | None = None,
     inversion_update: Literal["paper", "released"] = "paper",
 ) -> torch.Tensor:
     """Z-Sampling in the paper's DDIM formulation (Algorithm 1 with eqs. 2 and 4).
@@ -514,10 +675,21 @@ def sample_zigzag_ddim(
     ``inversion_update="paper"`` updates with eq. 4, ``x̃ = x + (σ_i − σ_{i+1})·ε``;
     ``"released"`` reproduces the released code's diffusers-0.22.3 update
     (see :func:`invert_ddim_released`). Use :func:`ddim_sigmas` to reproduce the DDIM scheduler.
+
+    On flow latents the inversion is the same approximation without rescaling (the network's input is
+    the latent): ``x̃ = x + (σ_i − σ_{i+1})·(x − D(x; σ_i))/σ_i`` on the level-(i+1) latent; the
+    denoising step is the Euler step (the flow DDIM step with η = 0). ``"released"`` is refused on flow:
+    it reproduces the ᾱ rescalings of a VP scheduler, which a flow latent does not have.
     """
-    rules: dict[str, InversionRule] = {"paper": invert_ddim, "released": invert_ddim_released}
+    space = latent_space(model, flow)
+    rules: dict[str, InversionRule] = {"paper": partial(invert_ddim, space=space), "released": invert_ddim_released}
     if inversion_update not in rules:
         raise ValueError(f"inversion_update must be one of {sorted(rules)}, got {inversion_update!r}")
+    if inversion_update == "released" and space is FLOW:
+        raise ValueError(
+            "inversion_update='released' reproduces the released code's VP DDIM inversion (diffusers 0.22.3) and "
+            "is not defined on flow latents; use inversion_update='paper' (allowed on flow: 'paper')"
+        )
     return _sample_zigzag(
         model,
         x,
@@ -533,6 +705,9 @@ def sample_zigzag_ddim(
         guidance_interval,
         call_at_scale,
         cond_scale,
+        space=space,
+        inversion_guidance=inversion_guidance,
+        guidance=guidance,
     )
 
 
@@ -551,6 +726,9 @@ def sample_zigzag_dpmpp_2m(
     guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
     call_at_scale: CallAtScale | None = None,
     cond_scale: float | None = None,
+    flow: bool | None = None,
+    inversion_guidance: float | None = None,
+    guidance: float | None = None,
 ) -> torch.Tensor:
     """Z-Sampling with DPM-Solver++(2M) denoising steps and the Euler inversion.
 
@@ -565,7 +743,11 @@ def sample_zigzag_dpmpp_2m(
     Convergence to the T → ∞ limit (``zigzag-kdiff bench convergence``): first order, as the other
     rules, since the Euler inversion caps it (with an exactly solved inversion it is second order), but
     with about a third of the Euler rule's error at T = 20.
+
+    On flow latents the step uses the flow half-log-SNR λ = log((1 − σ)/σ) (see :func:`step_dpmpp_2m`);
+    with ``zigzag_steps=0`` it equals ``sample_dpmpp_2m`` on the VE view ``x/(1 − σ)``, ``σ/(1 − σ)``.
     """
+    space = latent_space(model, flow)
     return _sample_zigzag(
         model,
         x,
@@ -573,7 +755,7 @@ def sample_zigzag_dpmpp_2m(
         extra_args,
         callback,
         disable,
-        step_dpmpp_2m,
+        partial(step_dpmpp_2m, space=space),
         invert_euler,
         inversion_scale,
         zigzag_steps,
@@ -581,6 +763,9 @@ def sample_zigzag_dpmpp_2m(
         guidance_interval,
         call_at_scale,
         cond_scale,
+        space=space,
+        inversion_guidance=inversion_guidance,
+        guidance=guidance,
     )
 
 

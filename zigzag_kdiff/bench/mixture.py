@@ -8,6 +8,11 @@ Data ``x₀ ~ Σ_k π_k N(μ_k, diag(v_k))``; each component belongs to one clas
 with responsibilities ``r_k ∝ π_k N(x; μ_k, v_k + σ²)`` over the components of class c (all
 components for the unconditional denoiser). Every quantity a benchmark needs (class posterior,
 log-density, class moments, exact samples) is closed-form.
+
+Flow models: :class:`FlowMixtureVelocity` is the exact velocity ``v = ε − x₀`` of the same mixture in
+rectified-flow parameterisation (``x = (1 − σ)·x₀ + σ·ε``), through the VE view ``x/(1 − σ)``,
+``σ/(1 − σ)``; wrap it in :class:`~zigzag_kdiff.flow.FlowDenoiser`. :class:`DistilledDenoiser` is an exact
+guidance-distilled model: ``D_g = D_u + g·(D_c − D_u)`` as one call with ``guidance=g``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import math
 
 import torch
 from torch import nn
+
+__all__ = ["UNCONDITIONAL", "GaussianMixture", "FlowMixtureVelocity", "DistilledDenoiser"]
 
 UNCONDITIONAL = -1
 """The class label that selects the unconditional denoiser (use it as ``uncond``)."""
@@ -122,6 +129,11 @@ class GaussianMixture(nn.Module):
         noise = torch.randn(len(labels), self.means.shape[1], generator=generator, dtype=torch.float64)
         return self.means[component] + self.variances[component].sqrt() * noise
 
+    def prior_mean(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """``E[x₀ | c]`` per row, float64 ``[batch, dim]``: the denoiser's limit σ → ∞."""
+        weights = self.log_weights[None].masked_fill(~self._class_mask(cond, batch), -math.inf).softmax(-1)
+        return weights @ self.means
+
     # --- the denoiser -----------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,3 +155,51 @@ class GaussianMixture(nn.Module):
         resp = log_n.masked_fill(~mask, -math.inf).softmax(-1)  # r_k, over the components of class c
         shrink = self.variances * w
         return resp @ (self.means * (1 - shrink)) + x * (resp @ shrink)
+
+
+class FlowMixtureVelocity(nn.Module):
+    """The exact velocity ``v(x, σ) = (x − E[x₀ | x, c])/σ`` of a :class:`GaussianMixture` in flow form.
+
+    ``x = (1 − σ)·x₀ + σ·ε`` is the VE latent ``x/(1 − σ)`` at ``σ/(1 − σ)``, so the denoiser is the
+    mixture's at that point; at σ = 1 it is its limit ``E[x₀ | c]``. ``forward(x, timestep, cond)`` takes
+    ``timestep = σ·timestep_scale`` (as SD3's transformer, 1000, or Flux's, 1) and returns v; wrap it in
+    :class:`~zigzag_kdiff.flow.FlowDenoiser` with the same ``timestep_scale``.
+    """
+
+    def __init__(self, mixture: GaussianMixture, timestep_scale: float = 1000.0) -> None:
+        super().__init__()
+        self.mixture = mixture
+        self.timestep_scale = float(timestep_scale)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x64 = x.to(torch.float64).reshape(x.shape[0], -1)
+        sigma = (timestep.to(torch.float64) / self.timestep_scale).reshape(-1).expand(x.shape[0])
+        alpha = 1 - sigma
+        noisy = alpha > 0
+        denoised = self.mixture.prior_mean(cond, x.shape[0])  # σ = 1: no signal left
+        if bool(noisy.any()):
+            view = self.mixture(x64 / alpha[:, None], sigma / alpha, cond)  # the VE view, D unchanged
+            denoised = torch.where(noisy[:, None], view, denoised)
+        return ((x64 - denoised) / sigma[:, None]).to(x.dtype).reshape(x.shape)
+
+
+class DistilledDenoiser(nn.Module):
+    """An exact guidance-distilled denoiser: ``D_g = D_u + g·(D_c − D_u)`` as one call with ``guidance=g``.
+
+    ``forward(x, sigma, cond, guidance)`` evaluates the inner class-conditional denoiser on
+    ``[uncond, cond]`` (labels :data:`UNCONDITIONAL` and ``cond``) in one batch and combines the two
+    predictions with the operations of :class:`~zigzag_kdiff.guidance.CFGDenoiser`, so that Z-Sampling with
+    distilled guidance (g₁, g₂) and true CFG off is the true-CFG result at (γ₁, γ₂) = (g₁, g₂) exactly.
+    """
+
+    def __init__(self, inner_model: nn.Module) -> None:
+        super().__init__()
+        self.inner_model = inner_model
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+        cond = torch.as_tensor(cond).reshape(-1).expand(x.shape[0])
+        both = self.inner_model(
+            torch.cat([x, x]), torch.cat([sigma, sigma]), cond=torch.cat([torch.full_like(cond, UNCONDITIONAL), cond])
+        )
+        denoised_uncond, denoised_cond = both.chunk(2)
+        return denoised_uncond + (denoised_cond - denoised_uncond) * guidance
