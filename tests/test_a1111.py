@@ -192,7 +192,9 @@ def run(rule: str, model: StandInCFGDenoiser, sigmas: torch.Tensor, args: dict, 
     model.step = 0
     func = zreg.make_sampler_function(rule, lambda: opts or settings_opts())
     steps_seen = []
-    x = torch.randn(len(args["cond"]), 4, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
+    cond = args["cond"]
+    batch = len(cond["crossattn"] if isinstance(cond, dict) else cond)  # Flux/SDXL conds are dicts
+    x = torch.randn(batch, 4, generator=torch.Generator().manual_seed(seed)) * sigmas[0]
     out = func(model, x, sigmas=sigmas, extra_args=args, disable=True, callback=lambda d: steps_seen.append(d["i"]))
     return out, x, steps_seen
 
@@ -222,6 +224,7 @@ def test_settings_accept_api_and_infotext_strings_and_name_the_bad_key():
         ({"zigzag_guidance_sigma_low": -0.1}, "zigzag_guidance_sigma_low must be a noise level"),
         ({"zigzag_guidance_sigma_low": 3.0, "zigzag_guidance_sigma_high": 2.0}, "sigma_low <= zigzag_guidance"),
         ({"zigzag_ddim_inversion_update": "diffusers"}, r"must be one of \['paper', 'released'\]"),
+        ({"zigzag_inversion_guidance": -1}, r"zigzag_inversion_guidance \(g₂\) must be a distilled guidance >= 0"),
     ]
     for values, message in bad:
         with pytest.raises(ValueError, match=message):
@@ -249,10 +252,13 @@ def test_total_steps_is_the_librarys_call_count(steps, fraction, rounds):
 
 def test_infotext_holds_non_defaults_and_pasting_restores_them():
     assert zinfo.infotext_params(zset.ZigzagSettings()) == {}
-    settings = zset.ZigzagSettings(inversion_scale=1.5, steps_fraction=0.5, rounds=2, sigma_low=0.28, sigma_high=5.42)
+    settings = zset.ZigzagSettings(
+        inversion_scale=1.5, inversion_guidance=2.0, steps_fraction=0.5, rounds=2, sigma_low=0.28, sigma_high=5.42
+    )
     params = zinfo.infotext_params(settings)
     assert params == {
         "Zigzag inversion scale": 1.5,
+        "Zigzag inversion guidance": 2.0,
         "Zigzag steps fraction": 0.5,
         "Zigzag rounds": 2,
         "Zigzag guidance sigma low": 0.28,
@@ -582,15 +588,233 @@ def test_interrupt_propagates_and_nothing_stays_changed():
     assert args.keys() == snapshot.keys() and all(args[k] is snapshot[k] for k in args)
 
 
-def test_ddim_rule_refuses_flow_models():
+@pytest.mark.parametrize("rule", ["euler", "ddim", "dpmpp_2m"])
+def test_flow_models_sample_with_flow_true(rule):
+    """A1111 1.10's SD3 (``SD3Denoiser``: a ``DiscreteSchedule`` of flow sigmas returning ``x − σ·v``) and Forge's
+    flow models: the model's noise levels stay in [0, 1], so the engine samples flow latents (``flow=True``)."""
     model = StandInCFGDenoiser(StandInP())
     model.inner_model.sigmas = torch.linspace(0.001, 1.0, 1000)  # a rectified-flow model's noise levels
-    with pytest.raises(ValueError, match=r"\(rectified flow\): use Zigzag Euler or Zigzag DPM\+\+ 2M"):
-        run("ddim", model, torch.linspace(1, 0, 5), extra_args())
-    assert model.calls == []
-    for rule in ("euler", "dpmpp_2m"):  # their Euler inversion suits any model
-        out, _, _ = run(rule, model, torch.linspace(1, 0, 5), extra_args())
-        assert torch.isfinite(out).all()
+    sigmas, args = torch.linspace(1, 0, 6), extra_args()
+    ours, x, _ = run(rule, model, sigmas, args)
+    library = getattr(zigzag_kdiff, f"sample_zigzag_{rule}")
+    direct = library(StandInCFGDenoiser(StandInP()), x, sigmas, args, disable=True, flow=True)
+    assert torch.equal(ours, direct) and len(model.calls) == 5 + 2 * 4
+    if rule != "euler":  # the Euler rule is the same on both latents; the others are not
+        assert not torch.allclose(ours, library(StandInCFGDenoiser(StandInP()), x, sigmas, args, disable=True))
+    released = StandInCFGDenoiser(StandInP())
+    released.inner_model.sigmas = model.inner_model.sigmas
+    if rule == "ddim":  # the released code's update reproduces VP rescalings a flow latent does not have
+        with pytest.raises(ValueError, match="zigzag_ddim_inversion_update = 'released'.*rectified flow"):
+            run(rule, released, sigmas, args, settings_opts(zigzag_ddim_inversion_update="released"))
+        assert released.calls == []
+
+
+# --- Forge with Flux: distilled guidance ----------------------------------------------------------------
+
+
+class CFGDenoiserParams:
+    """Contract stand-in for ``modules.script_callbacks.CFGDenoiserParams`` (A1111 1.10.1 and Forge)."""
+
+    def __init__(
+        self, x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond, denoiser=None
+    ):
+        self.x, self.image_cond, self.sigma = x, image_cond, sigma
+        self.sampling_step, self.total_sampling_steps = sampling_step, total_sampling_steps
+        self.text_cond, self.text_uncond, self.denoiser = text_cond, text_uncond, denoiser
+
+
+class TinyDistilledFlow(nn.Module):
+    """A guidance-distilled flow model on 4-vectors: ``D = x − σ·v(x, σ, c, g)``, the distilled guidance g an input
+    of the network (as Flux dev's guidance embedding), one value per row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = nn.Sequential(nn.Linear(4 + 3 + 2, 32), nn.SiLU(), nn.Linear(32, 4))
+
+    def forward(self, x, sigma, cond, guidance, **unused):
+        guidance = torch.as_tensor(guidance, dtype=x.dtype).expand(x.shape[0])
+        velocity = self.net(torch.cat([x, cond, sigma[:, None], guidance[:, None] / 10], dim=1))
+        return x - sigma[:, None] * velocity
+
+
+class ForgeScheduleLinker(nn.Module):
+    """Contract stand-in for Forge's ``k_diffusion.external.ForgeScheduleLinker``: ``sigmas`` are the predictor's
+    (``PredictionFlux``: flow levels in (0, 1]) and ``inner_model`` is ``shared.sd_model`` (``forge_objects``)."""
+
+    def __init__(self, sd_model) -> None:
+        super().__init__()
+        self.register_buffer("sigmas", torch.arange(1, 1001) / 1000)
+        self.inner_model = sd_model
+
+
+class StandInForgeFlux(StandInCFGDenoiser):
+    """Forge's ``CFGDenoiser.forward`` with a Flux model (``modules/sd_samplers_cfg_denoiser.py``,
+    ``backend/sampling/sampling_function.py`` at dfdcbab): ``text_cond`` / ``text_uncond`` rebuilt for every call
+    (dicts with ``crossattn`` and, on Flux dev, ``guidance``: one value per row), the ``cfg_denoiser`` callbacks
+    called with ``CFGDenoiserParams(x, image_cond, sigma, step, steps, text_cond, text_uncond, self)`` (an
+    exception there is reported and ignored), ``p.hr_cfg`` in the hires pass, the uncond dropped at scale 1 or when
+    it is None, then ``sampler_pre_cfg_function``s and one batch of the remaining rows through the model with
+    each row's own guidance."""
+
+    def __init__(self, p: StandInP, callbacks=(), *, distilled: bool = True) -> None:
+        super().__init__(p, forge=True)
+        p.sd_model = types.SimpleNamespace(
+            use_distilled_cfg_scale=distilled,
+            forge_objects=types.SimpleNamespace(unet=types.SimpleNamespace(model_options={})),
+        )
+        self.inner_model = ForgeScheduleLinker(p.sd_model)
+        self.flow_model, self.callbacks, self.guidance_per_call = TinyDistilledFlow(), list(callbacks), []
+
+    def forward(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond):
+        received = cond_scale
+        if self.p.is_hr_pass:
+            cond_scale = self.p.hr_cfg
+        text_cond = {key: value.clone() for key, value in cond.items()}  # reconstruct_multicond_batch: a new dict
+        text_uncond = None if uncond is None else {key: value.clone() for key, value in uncond.items()}
+        params = CFGDenoiserParams(x, image_cond, sigma, self.step, self.total_steps, text_cond, text_uncond, self)
+        for callback in self.callbacks:
+            try:
+                callback(params)
+            except Exception:  # script_callbacks.cfg_denoiser_callback: report_exception, go on
+                pass
+        options = self.model_options
+        skip_uncond = cond_scale == 1 and not options.get("disable_cfg1_optimization", False)
+        conds = [params.text_cond]
+        unconds = None if skip_uncond or params.text_uncond is None else [params.text_uncond]
+        for fn in options.get("sampler_pre_cfg_function", []):
+            _, conds, unconds, x, sigma, options = fn(self, conds, unconds, x, sigma, options)
+        rows = [(c, 0) for c in conds] + [(u, 1) for u in unconds or []]
+        predictions = [torch.zeros_like(x), torch.zeros_like(x)]
+        if rows:
+            batch = len(rows)
+            out = self.flow_model(
+                torch.cat([x] * batch),
+                torch.cat([sigma] * batch),
+                cond=torch.cat([c["crossattn"] for c, _ in rows]),
+                guidance=torch.cat([c["guidance"] for c, _ in rows]) if "guidance" in rows[0][0] else 0.0,
+            )
+            for chunk, (_, branch) in zip(out.chunk(batch), rows):
+                predictions[branch] = predictions[branch] + chunk
+        cond_pred, uncond_pred = predictions
+        self.guidance_per_call.append(sorted({float(g) for c, _ in rows for g in c.get("guidance", [])}))
+        self.calls.append(Call(received, float(cond_scale), float(sigma.max()), len(rows) * len(x)))
+        self.step += 1
+        return uncond_pred + (cond_pred - uncond_pred) * cond_scale
+
+
+def flux_args(batch: int = 2, scale: float = 1.0, g1: float = 3.5) -> dict:
+    """Forge's extra_args for Flux dev: conds are dicts; at CFG Scale 1 ``processing`` sets ``p.uc = None``."""
+    cond = {"crossattn": torch.linspace(-1, 1, 3).repeat(batch, 1), "guidance": torch.full((batch,), g1)}
+    uncond = None if scale == 1 else {"crossattn": torch.zeros(batch, 3), "guidance": torch.full((batch,), g1)}
+    return {"cond": cond, "image_cond": None, "uncond": uncond, "cond_scale": scale, "s_min_uncond": 0.0}
+
+
+def flux_sigmas(steps: int) -> torch.Tensor:
+    return torch.cat([torch.linspace(1.0, 0.05, steps), torch.zeros(1)])
+
+
+def test_forge_flux_inversions_run_at_g2_one_row_each_at_cfg_1():
+    p = StandInP(distilled_cfg_scale=3.5)
+    model = StandInForgeFlux(p, [zforge.apply_inversion_guidance])
+    out, x, _ = run("euler", model, flux_sigmas(6), flux_args(), settings_opts(zigzag_inversion_guidance=1.0))
+    # step i = denoise at g₁, then (inversion at g₂, denoise at g₁); the last step is plain
+    assert model.guidance_per_call == [[3.5], [1.0], [3.5]] * 5 + [[3.5]]
+    assert [c.rows for c in model.calls] == [2] * 16 and {c.scale for c in model.calls} == {1.0}
+    assert p.comments == {} and "Zigzag note" not in p.extra_generation_params  # the gap is g₁ − g₂: no note
+    assert getattr(model, zforge.INVERSION_GUIDANCE_ATTR) is None
+    # the same numbers as the library on the model itself, with inversion_guidance (the engine's own g₂)
+    flow = TinyDistilledFlow()
+    direct = zigzag_kdiff.sample_zigzag_euler(
+        lambda x, sigma, cond, guidance, **rest: flow(x, sigma, cond, guidance),
+        x,
+        flux_sigmas(6),
+        {"cond": flux_args()["cond"]["crossattn"], "guidance": torch.full((2,), 3.5), "cond_scale": 1.0},
+        disable=True,
+        flow=True,
+        inversion_scale=1.0,  # true CFG off: one call, one row per call
+        inversion_guidance=1.0,
+    )
+    assert torch.equal(out, direct)
+    # without the callback (A1111-style host, or the glue not loaded) the inversions keep g₁: a different image
+    plain = StandInForgeFlux(StandInP(distilled_cfg_scale=3.5))
+    assert not torch.equal(run("euler", plain, flux_sigmas(6), flux_args())[0], out)
+
+
+def test_forge_flux_with_true_cfg_keeps_both_gaps():
+    p = StandInP(distilled_cfg_scale=3.0)
+    model = StandInForgeFlux(p, [zforge.apply_inversion_guidance])
+    opts = settings_opts(zigzag_inversion_guidance=1.5, zigzag_inversion_scale=0.0)
+    run("dpmpp_2m", model, flux_sigmas(5), flux_args(scale=4.0, g1=3.0), opts)
+    calls = list(zip(model.calls, model.guidance_per_call))
+    inversions = [(c, g) for c, g in calls if c.received_scale == 0.0]
+    assert len(inversions) == 4 and all(c.rows == 2 and g == [1.5] for c, g in inversions)  # uncond rows, at g₂
+    assert all(c.rows == 4 and g == [3.0] for c, g in calls if c.received_scale == 4.0)
+
+
+@pytest.mark.parametrize(
+    "attributes,message",
+    [
+        ({"distilled_cfg_scale": 3.5}, r"g₂ = 5 must not exceed the Distilled CFG Scale g₁ = 3.5"),
+        ({"distilled_cfg_scale": 0}, r"g₂ = 5 must not exceed the Distilled CFG Scale g₁ = 3.5"),  # Forge: 0 → 3.5
+        ({"is_hr_pass": True, "hr_cfg": 1.0, "hr_distilled_cfg": 2.0}, r"Hires Distilled CFG Scale g₁ = 2"),
+        (
+            {"distilled_cfg_scale": 6.0, "enable_hr": True, "hr_cfg": 1.0, "hr_distilled_cfg": 2.0},
+            r"g₂ = 5 must not exceed the Hires Distilled CFG Scale g₁ = 2 of the hires pass",
+        ),
+    ],
+)
+def test_forge_flux_guidance_gap_is_checked_before_any_model_call(attributes, message):
+    p = StandInP(**{"sampler_name": "Zigzag Euler", "hr_sampler_name": None, **attributes})
+    model = StandInForgeFlux(p, [zforge.apply_inversion_guidance])
+    with pytest.raises(ValueError, match=message + ".*zigzag_inversion_guidance"):
+        run("euler", model, flux_sigmas(5), flux_args(), settings_opts(zigzag_inversion_guidance=5.0))
+    assert model.calls == [] and p.extra_generation_params == {}
+
+
+def test_forge_flux_hires_pass_uses_the_hires_distilled_cfg_scale():
+    p = StandInP(is_hr_pass=True, hr_cfg=1.0, distilled_cfg_scale=3.5, hr_distilled_cfg=2.5)
+    model = StandInForgeFlux(p, [zforge.apply_inversion_guidance])
+    args = flux_args(g1=2.5)  # the hires conds carry hr_distilled_cfg
+    run("euler", model, flux_sigmas(4), args, settings_opts(zigzag_inversion_guidance=2.5))
+    assert model.guidance_per_call == [[2.5]] * 10  # g₂ = g₁ is allowed (gap 0)
+
+
+def test_forge_flow_model_without_distilled_guidance_notes_an_unused_setting():
+    p = StandInP()
+    model = StandInForgeFlux(p, [zforge.apply_inversion_guidance], distilled=False)  # Flux schnell, SD3.5
+    args = flux_args(scale=3.0)
+    for branch in ("cond", "uncond"):
+        del args[branch]["guidance"]
+    run("euler", model, flux_sigmas(4), args, settings_opts(zigzag_inversion_guidance=2.0))
+    assert p.extra_generation_params["Zigzag note"] == "inversion guidance unused"
+    assert p.extra_generation_params["Zigzag inversion guidance"] == 2.0
+
+
+def test_inversion_guidance_callback_leaves_everything_else_alone():
+    text_cond = {"crossattn": torch.ones(2, 3), "guidance": torch.full((2,), 3.5)}
+    host = types.SimpleNamespace()
+    params = CFGDenoiserParams(None, None, None, 0, 1, text_cond, None, host)
+    zforge.apply_inversion_guidance(params)  # not an inversion call
+    assert params.text_cond["guidance"].tolist() == [3.5, 3.5]
+    setattr(host, zforge.INVERSION_GUIDANCE_ATTR, 1.0)
+    a1111 = CFGDenoiserParams(None, None, None, 0, 1, torch.ones(2, 3), torch.zeros(2, 3), host)
+    zforge.apply_inversion_guidance(a1111)  # A1111 / UNet models: tensor conds without guidance
+    assert torch.equal(a1111.text_cond, torch.ones(2, 3))
+    uncond = {"crossattn": torch.zeros(2, 3), "guidance": torch.full((2,), 3.5)}
+    params = CFGDenoiserParams(None, None, None, 0, 1, dict(text_cond), uncond, host)
+    zforge.apply_inversion_guidance(params)
+    assert params.text_cond["guidance"].tolist() == [1.0, 1.0] == params.text_uncond["guidance"].tolist()
+    assert text_cond["guidance"].tolist() == [3.5, 3.5]  # the stored conditioning is not touched
+
+
+def test_stand_ins_have_forges_signatures():
+    assert str(inspect.signature(CFGDenoiserParams)) == (
+        "(x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond, denoiser=None)"
+    )
+    assert str(inspect.signature(StandInForgeFlux.forward)) == (
+        "(self, x, sigma, uncond, cond, cond_scale, s_min_uncond, image_cond)"
+    )
 
 
 # --- registration, X/Y/Z axes: contract tests against plain objects --------------------------------------
@@ -725,7 +949,8 @@ def test_xyz_axes_contract():
 def test_host_notes_and_checkout_discovery(tmp_path):
     assert "both CFG branches" in zreg.host_notes(False)[0]
     assert "skip the unconditional pass" in zreg.host_notes(True)[0] and "γ₂ = 0 skip" in zreg.host_notes(True)[0]
-    assert "Zigzag Euler and Zigzag (DDIM)" in zreg.host_notes(True, hide_samplers_invert=True)[1]
+    assert "Distilled CFG Scale is g₁" in zreg.host_notes(True)[1] and "SD3 medium" in zreg.host_notes(False)[1]
+    assert "Zigzag Euler and Zigzag (DDIM)" in zreg.host_notes(True, hide_samplers_invert=True)[2]
     root = checkout.find_checkout_root(str(EXTENSION_DIR))
     assert root == str(EXTENSION_DIR.parents[1]) and checkout.is_inside(zigzag_kdiff.__file__, root)
     assert checkout.is_inside(str(EXTENSION_DIR / "install.py"), root)
@@ -785,6 +1010,7 @@ def test_glue_script_against_standin_webui_modules(monkeypatch):
             on_ui_settings=lambda f: callbacks.setdefault("ui_settings", f),
             on_before_ui=lambda f: callbacks.setdefault("before_ui", f),
             on_infotext_pasted=lambda f: callbacks.setdefault("infotext_pasted", f),
+            on_cfg_denoiser=lambda f, *, name=None: callbacks.setdefault("cfg_denoiser", (name, f)),
         ),
         "scripts": types.SimpleNamespace(
             scripts_data=[script_data(type("XYZ", (), {"__module__": "xyz_grid.py"}), "", "", xyz)],
@@ -811,7 +1037,9 @@ def test_glue_script_against_standin_webui_modules(monkeypatch):
     script = _load_script(EXTENSION_DIR / "scripts" / "zigzag.py")
     assert script.REGISTERED == ["Zigzag Euler", "Zigzag (DDIM)", "Zigzag DPM++ 2M"]
     assert "Zigzag DPM++ 2M" in registry.all_samplers_map
-    assert set(callbacks) == {"ui_settings", "before_ui", "infotext_pasted"}
+    assert set(callbacks) == {"ui_settings", "before_ui", "infotext_pasted", "cfg_denoiser"}
+    assert callbacks["cfg_denoiser"][0] == "zigzag_inversion_guidance"
+    assert callbacks["cfg_denoiser"][1].__name__ == "apply_inversion_guidance"
     # the X/Y/Z axes exist at import: in API-only mode the X/Y/Z UI copies them before before_ui runs
     axis_labels = [axis[0] for axis in zxyz.XYZ_AXES]
     assert [a.label for a in xyz.axis_options] == axis_labels

@@ -1005,3 +1005,34 @@ def test_api_takes_exactly_nine_seg_arguments_and_fills_missing_ones_with_the_de
     assert sg.SEGArgs.from_script_args(short) == sg.SEGArgs(enabled=True, seg_scale=4.0)
     page = " ".join((Path(__file__).resolve().parents[1] / "docs" / "a1111-forge.md").read_text().split())
     assert f"takes exactly {count} arguments" in page and "a 10th and later ones are dropped" in page
+
+
+@pytest.mark.parametrize(
+    "sd_model",
+    [
+        types.SimpleNamespace(is_sd3=True),  # A1111 1.10: SD3 medium
+        types.SimpleNamespace(  # Forge: Flux, SD3.5, Chroma predict on flow latents
+            forge_objects=types.SimpleNamespace(
+                unet=types.SimpleNamespace(
+                    model=types.SimpleNamespace(predictor=types.SimpleNamespace(prediction_type="const"))
+                )
+            )
+        ),
+    ],
+)
+def test_glue_refuses_seg_on_flow_models_before_sampling(monkeypatch, sd_model):
+    glue, _, _ = _glue(monkeypatch, forge=False)
+    p = types.SimpleNamespace(sd_model=sd_model, extra_generation_params={}, is_hr_pass=False, enable_hr=False)
+    glue.Script().process(p, True, 3.0)
+    with pytest.raises(ValueError, match=r"self-attention; this model is a flow transformer \(Flux, SD3: joint"):
+        p.sample()
+    assert p.extra_generation_params == {} and glue.ACTIVE["run"] is None
+    eps_forge = types.SimpleNamespace(
+        forge_objects=types.SimpleNamespace(
+            unet=types.SimpleNamespace(
+                model=types.SimpleNamespace(predictor=types.SimpleNamespace(prediction_type="epsilon"))
+            )
+        )
+    )
+    sg.check_not_flow(eps_forge)  # SD1.5/SDXL on Forge: allowed
+    sg.check_not_flow(types.SimpleNamespace(is_sd3=False))

@@ -190,6 +190,28 @@ def forget_infotext(params: dict[str, Any]) -> None:
         params.pop(key, None)
 
 
+def check_not_flow(sd_model: Any) -> None:
+    """``ValueError`` naming ``enabled`` if the loaded model is a flow transformer (SEG is refused there).
+
+    The official SEG blurs the queries of a UNet's *self*-attention on the image's token grid; MMDiT (SD3) and
+    Flux use *joint* attention over text and image tokens, for which no faithful variant is defined. Detected as
+    A1111 1.10's ``sd_model.is_sd3`` or, on Forge, a predictor of flow latents (``forge_objects.unet.model
+    .predictor.prediction_type == "const"``: Flux, SD3.5, Chroma).
+    """
+    flow = bool(getattr(sd_model, "is_sd3", False))
+    if not flow:
+        try:
+            flow = sd_model.forge_objects.unet.model.predictor.prediction_type == "const"
+        except AttributeError:  # A1111 model or an older Forge: not a Forge flow model
+            flow = False
+    if flow:
+        raise ValueError(
+            "Smoothed Energy Guidance (enabled) is defined on a UNet's self-attention; this model is a flow "
+            "transformer (Flux, SD3: joint attention over text and image tokens), where it is not defined: "
+            "turn the Smoothed Energy Guidance accordion off"
+        )
+
+
 def a1111_skip_reason(conditioning: Any, edit_model: bool = False) -> str | None:
     """Why :class:`A1111SEG` would leave every call of a pass without SEG, read from the pass's conditioning
     before sampling (A1111 1.10's ``process_before_every_sampling(p, ..., c=...)``): ``c`` is a

@@ -143,6 +143,7 @@ class Script(scripts.Script):
             for hires_pass in (False, True) if getattr(p, "enable_hr", False) else (False,):
                 seg_args.options(hires_pass=hires_pass)
             if seg_args.enabled:
+                sg.check_not_flow(p.sd_model)
                 sg.layer_check(_diffusion_model(p), seg_args.seg_applied_layers)
         except ValueError as error:
             _fail_before_sampling(p, error)

@@ -36,7 +36,7 @@ if importlib.util.find_spec("zigzag_kdiff") is None:  # install.py skipped (--sk
         sys.path.append(_root)
 
 _load_local("zigzag_webui")
-from zigzag_webui import infotext, names, registry, settings, xyz  # noqa: E402
+from zigzag_webui import forge, infotext, names, registry, settings, xyz  # noqa: E402
 
 
 def _opts():
@@ -127,3 +127,5 @@ class ZigzagInfotext(scripts.Script):
 script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_before_ui(on_before_ui)
 script_callbacks.on_infotext_pasted(on_infotext_pasted)
+# Zigzag inversion calls with distilled guidance (Forge's Flux dev): g₂ replaces that call's guidance (no-op elsewhere)
+script_callbacks.on_cfg_denoiser(forge.apply_inversion_guidance, name="zigzag_inversion_guidance")

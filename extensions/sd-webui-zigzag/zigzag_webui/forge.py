@@ -1,10 +1,13 @@
-"""Forge-family hooks: the hires pass's own scale, and an inversion at scale 0 on one branch."""
+"""Forge-family hooks: the hires pass's own scale, an inversion at scale 0 on one branch, and the distilled
+guidance (Flux dev's "Distilled CFG Scale") of the inversion calls."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+import torch
 
 
 def reads_hires_cfg(p: Any) -> bool:
@@ -91,3 +94,55 @@ def hires_cfg(p: Any, scale: float) -> Iterator[None]:
         yield
     finally:
         p.hr_cfg = saved
+
+
+# --- distilled guidance (Flux dev) --------------------------------------------------------------------------
+
+FORGE_DEFAULT_DISTILLED_GUIDANCE = 3.5
+"""What Forge's Flux engine uses for a Distilled CFG Scale of 0 or None (``distilled_cfg_scale or 3.5``)."""
+
+INVERSION_GUIDANCE_ATTR = "zigzag_kdiff_inversion_guidance"
+"""Set on the host's ``CFGDenoiser`` to g₂ during a Zigzag inversion call with distilled guidance (else None)."""
+
+
+def distilled_guidance(p: Any) -> float | None:
+    """g₁, the distilled guidance of the current pass's denoising calls, or None if the model has none.
+
+    Forge (``backend/diffusion_engine/flux.py``): a Flux dev engine sets ``use_distilled_cfg_scale``; its
+    ``get_learned_conditioning`` puts ``cond['guidance'] = distilled_cfg_scale or 3.5`` into every prompt's
+    conditioning, the negative prompt's too: ``p.distilled_cfg_scale`` ("Distilled CFG Scale") in the first pass,
+    ``p.hr_distilled_cfg`` ("Hires Distilled CFG Scale") in the hires pass. Flux schnell, SD3.5 and the UNet
+    models have none (A1111 neither).
+    """
+    if p is None or not getattr(getattr(p, "sd_model", None), "use_distilled_cfg_scale", False):
+        return None
+    value = getattr(p, "hr_distilled_cfg", None) if getattr(p, "is_hr_pass", False) else p.distilled_cfg_scale
+    return float(value or FORGE_DEFAULT_DISTILLED_GUIDANCE)
+
+
+def hires_distilled_guidance(p: Any) -> float | None:
+    """g₁ of a coming hires pass (``p.hr_distilled_cfg``) on a model with distilled guidance, else None."""
+    if not getattr(getattr(p, "sd_model", None), "use_distilled_cfg_scale", False) or not hasattr(
+        p, "hr_distilled_cfg"
+    ):
+        return None
+    return float(p.hr_distilled_cfg or FORGE_DEFAULT_DISTILLED_GUIDANCE)
+
+
+def apply_inversion_guidance(params: Any) -> None:
+    """``on_cfg_denoiser`` callback: during a Zigzag inversion call, run it at g₂.
+
+    Forge rebuilds ``params.text_cond`` / ``params.text_uncond`` (``DictWithShape`` of ``crossattn``, ``vector``
+    and, on Flux dev, ``guidance``: one value per row) for every call from the stored conditioning, and compiles
+    its model conditions from them after the callbacks (``sampling_function``: ``guidance`` → the transformer's
+    guidance embedding). Replacing ``guidance`` there changes that call only. Keyed on
+    :data:`INVERSION_GUIDANCE_ATTR` of ``params.denoiser`` (the host's ``CFGDenoiser``); anything else — other
+    calls, models without ``guidance`` (A1111) — is left untouched. Never raises (the hosts swallow a callback's
+    exception and would run the call at g₁ silently).
+    """
+    guidance = getattr(getattr(params, "denoiser", None), INVERSION_GUIDANCE_ATTR, None)
+    if guidance is None:
+        return
+    for conds in (params.text_cond, params.text_uncond):
+        if isinstance(conds, Mapping) and isinstance(conds.get("guidance"), torch.Tensor):
+            conds["guidance"] = torch.full_like(conds["guidance"], float(guidance))

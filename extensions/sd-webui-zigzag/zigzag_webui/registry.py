@@ -107,12 +107,18 @@ def host_notes(forge_family: bool, hide_samplers_invert: bool = False) -> list[s
             "In the hires pass γ₁ is the Hires CFG Scale. At CFG Scale 1 there is no negative prompt: the "
             "inversion then runs at the CFG scale (no guidance gap, no effect). NGMS (negative guidance minimum "
             "sigma) applies to the denoising calls only.",
+            "Flow models (Flux, SD3.5, Chroma): sampled as flow latents. On Flux dev the Distilled CFG Scale is g₁ "
+            "and setting zigzag_inversion_guidance is g₂ of the inversion calls (the distilled guidance gap); at "
+            "CFG Scale 1 every call is one row. Smoothed Energy Guidance is refused on flow models.",
         ]
     else:
         notes = [
             "AUTOMATIC1111: every model call evaluates both CFG branches (the webui has no per-call switch to "
             "skip one), so an inversion costs as much as a denoising call. NGMS (negative guidance minimum "
             "sigma) applies to the denoising calls only.",
+            "Flow models (SD3 medium in 1.10): sampled as flow latents with true CFG (γ₁ the CFG Scale, γ₂ the "
+            "inversion scale); SD3 has no distilled guidance, so setting zigzag_inversion_guidance has no effect. "
+            "Smoothed Energy Guidance is refused on flow models.",
         ]
     if hide_samplers_invert:
         notes.append(

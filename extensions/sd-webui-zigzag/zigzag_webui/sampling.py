@@ -30,10 +30,17 @@ import torch
 from zigzag_kdiff import SAMPLERS, count_model_calls
 from zigzag_kdiff.guidance import GuidanceInterval, effective_scale
 
-from .forge import hires_cfg, reads_hires_cfg, unconditional_branch_only
+from .forge import (
+    INVERSION_GUIDANCE_ATTR,
+    distilled_guidance,
+    hires_cfg,
+    hires_distilled_guidance,
+    reads_hires_cfg,
+    unconditional_branch_only,
+)
 from .infotext import notify, record_infotext
 from .names import SAMPLER_NAMES, our_sampler_labels
-from .settings import ZigzagSettings, zigzag_steps_for
+from .settings import SETTINGS_BY_KEY, ZigzagSettings, zigzag_steps_for
 
 INVERSION_ATTR = "zigzag_kdiff_inversion"
 """Set on the host's ``CFGDenoiser`` during Zigzag inversion calls (read by ``seg_webui``)."""
@@ -70,21 +77,35 @@ class HostGuidedModel:
             return self.host_model(x, sigma, **extra_args)
         return call_host_at_scale(self.host_model, x, sigma, extra_args, scale)
 
-    def call_at_scale(self, model: Any, x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, scale: float):
-        """An inversion call at γ₂. NGMS is kept out of it (``s_min_uncond`` 0 for this call): the webui
-        would otherwise run some inversions on the conditional branch alone, i.e. at scale 1. SEG
-        (``seg_webui``) runs inversion calls without SEG: the host model is marked for this call."""
+    def call_at_scale(
+        self,
+        model: Any,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        extra_args: dict,
+        scale: float,
+        guidance: float | None = None,
+    ):
+        """An inversion call at γ₂ (and, with ``guidance``, at the distilled guidance g₂). NGMS is kept out of it
+        (``s_min_uncond`` 0 for this call): the webui would otherwise run some inversions on the conditional
+        branch alone, i.e. at scale 1. The host model is marked for this call: SEG (``seg_webui``) runs inversion
+        calls without SEG, and :func:`~zigzag_webui.forge.apply_inversion_guidance` (an ``on_cfg_denoiser``
+        callback) replaces the call's distilled guidance by ``guidance``."""
         if extra_args.get("s_min_uncond"):
             extra_args = {**extra_args, "s_min_uncond": 0.0}
         setattr(self.host_model, INVERSION_ATTR, True)
+        setattr(self.host_model, INVERSION_GUIDANCE_ATTR, guidance)
         try:
             return call_host_at_scale(self.host_model, x, sigma, extra_args, scale)
         finally:
             setattr(self.host_model, INVERSION_ATTR, False)
+            setattr(self.host_model, INVERSION_GUIDANCE_ATTR, None)
 
 
 def is_flow_schedule(host_model: Any) -> bool:
-    """Whether the model's own noise levels stay within [0, 1] (rectified flow: Flux, SD3, ...)."""
+    """Whether the model's own noise levels stay within [0, 1] (rectified flow: Forge's Flux, SD3.5, Chroma and
+    A1111 1.10's SD3, whose denoisers return ``D = x − σ·v`` on the flow latent ``x``): the engine then samples
+    with ``flow=True``."""
     try:
         sigmas = host_model.inner_model.sigmas
     except Exception:  # not a k-diffusion style wrapper: assume a VP model
@@ -107,6 +128,13 @@ def check_hires_scale(p: Any, settings: ZigzagSettings) -> None:
         hires_sampler = getattr(p, "sampler_name", None)
     if hires_sampler not in our_sampler_labels() or settings.rounds == 0 or settings.steps_fraction == 0:
         return
+    hires_guidance = hires_distilled_guidance(p)
+    if hires_guidance is not None and settings.inversion_guidance > hires_guidance:
+        raise ValueError(
+            f"Zigzag inversion guidance g₂ = {settings.inversion_guidance:g} must not exceed the Hires Distilled CFG "
+            f"Scale g₁ = {hires_guidance:g} of the hires pass (a negative guidance gap breaks generation); lower "
+            "setting zigzag_inversion_guidance or raise the Hires Distilled CFG Scale"
+        )
     hires_scale = float(p.hr_cfg)
     if hires_scale != 1 and settings.inversion_scale > hires_scale:
         raise ValueError(
@@ -145,10 +173,20 @@ def sample_in_host(
             "(a negative guidance gap breaks generation); lower setting zigzag_inversion_scale or raise the "
             f"{scale_label}"
         )
-    if zigzags and rule == "ddim" and is_flow_schedule(model):
+    flow = is_flow_schedule(model)
+    if zigzags and rule == "ddim" and flow and settings.ddim_update == "released":
         raise ValueError(
-            f"{SAMPLER_NAMES['ddim']} assumes a variance-preserving (ε or v) model; this model's noise levels "
-            f"stay in [0, 1] (rectified flow): use {SAMPLER_NAMES['euler']} or {SAMPLER_NAMES['dpmpp_2m']}"
+            f"{SAMPLER_NAMES['ddim']} with setting zigzag_ddim_inversion_update = 'released' reproduces the released "
+            "code's variance-preserving DDIM update; this model's noise levels stay in [0, 1] (rectified flow): "
+            "set it to 'paper' (the flow DDIM inversion) or use another Zigzag entry"
+        )
+    guidance = distilled_guidance(p)  # g₁ of a model with distilled guidance (Forge's Flux dev), else None
+    guidance_label = "Hires Distilled CFG Scale" if getattr(p, "is_hr_pass", False) else "Distilled CFG Scale"
+    if zigzags and guidance is not None and settings.inversion_guidance > guidance:
+        raise ValueError(
+            f"Zigzag inversion guidance g₂ = {settings.inversion_guidance:g} must not exceed the {guidance_label} "
+            f"g₁ = {guidance:g} (a negative guidance gap breaks generation); lower setting zigzag_inversion_guidance "
+            f"or raise the {guidance_label}"
         )
     check_hires_scale(p, settings)
     record_infotext(p, settings)
@@ -156,11 +194,20 @@ def sample_in_host(
     if no_uncond:
         # Forge/Neo at CFG 1: there is no unconditional prediction to invert with.
         inversion_scale = cond_scale
+    if no_uncond and guidance is None:
         notify(
             p,
             f"{scale_label} {cond_scale:g} runs without a negative prompt, so the inversion uses the same "
             "scale: guidance gap 0, zigzag cannot strengthen the prompt (raise the CFG scale)",
             f"gap 0 ({scale_label} {cond_scale:g})",
+        )
+    default_guidance = SETTINGS_BY_KEY["zigzag_inversion_guidance"].default
+    if zigzags and guidance is None and settings.inversion_guidance != default_guidance:
+        notify(
+            p,
+            f"this model has no distilled guidance (Distilled CFG Scale), so setting zigzag_inversion_guidance "
+            f"= {settings.inversion_guidance:g} has no effect; the guidance gap is the CFG Scale's",
+            "inversion guidance unused",
         )
     planned = getattr(model, "total_steps", None)
     if isinstance(planned, int) and planned != calls:
@@ -187,7 +234,11 @@ def sample_in_host(
         "guidance_interval": interval,
         "call_at_scale": guided.call_at_scale,
         "cond_scale": cond_scale,
+        "flow": flow,
     }
+    if guidance is not None:  # distilled guidance: g₁ for the gap check, g₂ through call_at_scale's guidance
+        options["guidance"] = guidance
+        options["inversion_guidance"] = settings.inversion_guidance
     if rule == "ddim":
         options["inversion_update"] = settings.ddim_update
     return SAMPLERS[f"zigzag_{rule}"](guided, x, sigmas, extra_args, callback, disable, **options)

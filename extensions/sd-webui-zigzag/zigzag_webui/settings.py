@@ -34,6 +34,17 @@ SETTINGS: tuple[Setting, ...] = (
         "CFG scale of the inversion calls; 0 = unconditional (paper default); must not exceed the CFG Scale γ₁",
     ),
     Setting(
+        "zigzag_inversion_guidance",
+        1.0,
+        "Inversion distilled guidance g₂ (models with distilled guidance: Forge's Flux dev)",
+        "Zigzag inversion guidance",
+        "slider",
+        {"minimum": 0.0, "maximum": 30.0, "step": 0.1},
+        "the Distilled CFG Scale of the inversion calls; the Distilled CFG Scale is g₁ and must not be lower; "
+        "1 = the plain conditional prediction, the weakest guidance such a model is run at (default); "
+        "other models ignore it",
+    ),
+    Setting(
         "zigzag_steps_fraction",
         1.0,
         "Zigzag steps λ, as a fraction of the sampling steps",
@@ -89,6 +100,7 @@ class ZigzagSettings:
     """Validated settings: γ₂, λ as a fraction of the steps, T_max, guidance interval, DDIM update."""
 
     inversion_scale: float = 0.0
+    inversion_guidance: float = 1.0
     steps_fraction: float = 1.0
     rounds: int = 1
     sigma_low: float = 0.0
@@ -105,6 +117,7 @@ class ZigzagSettings:
 
 _FIELDS = {
     "zigzag_inversion_scale": "inversion_scale",
+    "zigzag_inversion_guidance": "inversion_guidance",
     "zigzag_steps_fraction": "steps_fraction",
     "zigzag_rounds": "rounds",
     "zigzag_guidance_sigma_low": "sigma_low",
@@ -131,6 +144,11 @@ def validate_setting(key: str, value: Any) -> Any:
     """
     if key == "zigzag_inversion_scale":
         return _number(key, value, "any finite CFG scale not above the CFG Scale")
+    if key == "zigzag_inversion_guidance":
+        number = _number(key, value, "a distilled guidance >= 0, not above the Distilled CFG Scale")
+        if number < 0:
+            raise ValueError(f"setting {key} (g₂) must be a distilled guidance >= 0, got {value!r}")
+        return number
     if key == "zigzag_steps_fraction":
         number = _number(key, value, "0 <= fraction <= 1")
         if not 0 <= number <= 1:

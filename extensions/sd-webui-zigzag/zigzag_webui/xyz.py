@@ -19,6 +19,7 @@ def override_setter(key: str) -> Callable[[Any, Any, Any], None]:
 
 XYZ_AXES = (
     ("Zigzag inversion scale", float, "zigzag_inversion_scale", None),
+    ("Zigzag inversion guidance", float, "zigzag_inversion_guidance", None),
     ("Zigzag steps fraction", float, "zigzag_steps_fraction", None),
     ("Zigzag rounds", int, "zigzag_rounds", None),
     ("Zigzag guidance sigma low", float, "zigzag_guidance_sigma_low", None),
