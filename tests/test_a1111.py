@@ -1,4 +1,4 @@
-"""The AUTOMATIC1111/Forge extension's logic (``extensions/sd-webui-zigzag/zigzag_webui.py``).
+"""The AUTOMATIC1111/Forge extension's logic (the ``extensions/sd-webui-zigzag/zigzag_webui`` package).
 
 No webui can be installed here, so the host is played by *contract stand-ins*: plain objects with the
 attributes and call signatures the real webui code has (read in A1111 1.10.1, Forge, reForge and

@@ -1,4 +1,5 @@
-"""Webui glue: registers "Zigzag Euler", "Zigzag (DDIM)" and "Zigzag DPM++ 2M", their settings, infotext and X/Y/Z axes.
+"""Webui glue: registers "Zigzag Euler", "Zigzag (DDIM)" and "Zigzag DPM++ 2M", their settings, infotext and X/Y/Z axes,
+and the ``on_cfg_denoiser`` callback that gives inversion calls their distilled guidance g₂ (Forge's Flux dev).
 
 Runs when the webui imports the extension's scripts (before the UI is built; again on Reload UI).
 All logic is in the ``zigzag_webui`` package (next to this folder) and the sampling in ``zigzag_kdiff``.
