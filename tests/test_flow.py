@@ -351,3 +351,33 @@ def test_flow_sigmas_schedules():
     torch.testing.assert_close(sd3[-2], torch.tensor(3e-3 / (1 + 2e-3), dtype=torch.float64))
     with pytest.raises(ValueError, match="schedule must be one of"):
         flow_sigmas(4, "karras")
+
+
+def test_true_cfg_and_distilled_guidance_are_independent_gaps(mixture):
+    """Flux with true CFG too: γ₁/γ₂ choose the branches, g₁/g₂ the guidance input of each call."""
+    flow = FlowDenoiser(FlowMixtureVelocity(mixture))
+    seen = []
+
+    class Recorder(torch.nn.Module):  # a distilled model that also takes true CFG's uncond
+        def forward(self, x, sigma, cond, guidance):
+            seen.append((x.shape[0], guidance))
+            return flow(x, sigma, cond=cond)
+
+    args = {**guided_args(4, 2.0), "guidance": 3.5}
+    sample_zigzag_dpmpp_2m(
+        CFGDenoiser(Recorder()), flow_noise(4), flow_sigmas(3), args, disable=True, inversion_guidance=1.0
+    )
+    assert seen == [(8, 3.5), (4, 1.0), (8, 3.5)] * 2 + [(8, 3.5)]  # γ₂ = 0: the inversion is one uncond branch
+
+
+def test_gap_check_against_a_guidance_tensor(mixture):
+    counter = CallCounter(DistilledDenoiser(FlowDenoiser(FlowMixtureVelocity(mixture))))
+    args = {"cond": torch.zeros(4, dtype=torch.long), "cond_scale": 1.0, "guidance": torch.tensor([3.5, 2.0, 3.5, 3.5])}
+    with pytest.raises(ValueError, match=r"g₁ = 2\b"):
+        sample_zigzag_euler(
+            CFGDenoiser(counter), flow_noise(4), flow_sigmas(4), args, inversion_scale=1.0, inversion_guidance=3.0
+        )
+    args["guidance"] = torch.tensor([3.5, float("nan"), 3.5, 3.5])
+    with pytest.raises(ValueError, match="guidance must be a finite number"):
+        sample_zigzag_euler(CFGDenoiser(counter), flow_noise(4), flow_sigmas(4), args, inversion_scale=1.0)
+    assert counter.calls == 0
