@@ -139,6 +139,10 @@ def apply_inversion_guidance(params: Any) -> None:
     :data:`INVERSION_GUIDANCE_ATTR` of ``params.denoiser`` (the host's ``CFGDenoiser``); anything else — other
     calls, models without ``guidance`` (A1111) — is left untouched. Never raises (the hosts swallow a callback's
     exception and would run the call at g₁ silently).
+
+    Not a ``UnetPatcher`` conditioning modifier: that would sit in ``model_options`` for every call of the pass,
+    and a ``conditioning_modifiers`` entry counts as a CFG hook (:data:`FORGE_CFG_HOOKS`), so inversions at
+    γ₂ = 0 would lose their one-branch evaluation.
     """
     guidance = getattr(getattr(params, "denoiser", None), INVERSION_GUIDANCE_ATTR, None)
     if guidance is None:
