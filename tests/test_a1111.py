@@ -606,6 +606,9 @@ def test_flow_models_sample_with_flow_true(rule):
     if rule == "ddim":  # the released code's update reproduces VP rescalings a flow latent does not have
         with pytest.raises(ValueError, match="zigzag_ddim_inversion_update = 'released'.*rectified flow"):
             run(rule, released, sigmas, args, settings_opts(zigzag_ddim_inversion_update="released"))
+        with pytest.raises(ValueError, match="zigzag_ddim_inversion_update = 'released'"):  # also without zigzag
+            opts = settings_opts(zigzag_ddim_inversion_update="released", zigzag_rounds=0)
+            run(rule, released, sigmas, args, opts)
         assert released.calls == []
 
 
@@ -808,7 +811,12 @@ def test_inversion_guidance_callback_leaves_everything_else_alone():
     assert text_cond["guidance"].tolist() == [3.5, 3.5]  # the stored conditioning is not touched
 
 
+def on_cfg_denoiser(callback, *, name=None):
+    """``modules.script_callbacks.on_cfg_denoiser``'s signature (A1111 1.10.1, Forge)."""
+
+
 def test_stand_ins_have_forges_signatures():
+    assert str(inspect.signature(on_cfg_denoiser)) == "(callback, *, name=None)"
     assert str(inspect.signature(CFGDenoiserParams)) == (
         "(x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond, denoiser=None)"
     )

@@ -174,7 +174,7 @@ def sample_in_host(
             f"{scale_label}"
         )
     flow = is_flow_schedule(model)
-    if zigzags and rule == "ddim" and flow and settings.ddim_update == "released":
+    if rule == "ddim" and flow and settings.ddim_update == "released":  # the engine refuses it on flow too
         raise ValueError(
             f"{SAMPLER_NAMES['ddim']} with setting zigzag_ddim_inversion_update = 'released' reproduces the released "
             "code's variance-preserving DDIM update; this model's noise levels stay in [0, 1] (rectified flow): "
