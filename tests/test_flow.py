@@ -381,3 +381,23 @@ def test_gap_check_against_a_guidance_tensor(mixture):
     with pytest.raises(ValueError, match="guidance must be a finite number"):
         sample_zigzag_euler(CFGDenoiser(counter), flow_noise(4), flow_sigmas(4), args, inversion_scale=1.0)
     assert counter.calls == 0
+
+
+def test_a_guidance_tensor_stays_a_tensor_in_the_inversions(mixture):
+    """g₁ as a per-row tensor (as diffusers' Flux transformer takes it): the inversions get g₂ in the same form."""
+    flow = FlowDenoiser(FlowMixtureVelocity(mixture))
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, sigma, cond, guidance):
+            seen.append(guidance.clone())
+            return DistilledDenoiser(flow)(x, sigma, cond, guidance[:, None])
+
+    g1 = torch.full((4,), 3.5, dtype=torch.float64)
+    args = {"cond": torch.zeros(4, dtype=torch.long), "cond_scale": 1.0, "guidance": g1}
+    sample_zigzag_euler(
+        CFGDenoiser(Recorder()), flow_noise(4), flow_sigmas(2), args, disable=True, inversion_scale=1.0,
+        inversion_guidance=1.0,
+    )  # fmt: skip
+    assert [g.tolist() for g in seen] == [[3.5] * 4, [1.0] * 4, [3.5] * 4, [3.5] * 4]
+    assert all(g.dtype == torch.float64 for g in seen) and torch.equal(g1, torch.full((4,), 3.5, dtype=torch.float64))

@@ -331,13 +331,15 @@ def call_with_cond_scale(
     (the caller's dict is never mutated: hosts such as A1111's refiner switch mutate it themselves).
     With SEG (``seg_scale`` in ``extra_args``) the copy's ``seg_scale`` is ``extra_args["inversion_seg_scale"]``,
     default 0: inversion calls run without SEG unless asked (see :mod:`zigzag_kdiff.seg`).
-    With ``guidance`` (g₂) the copy's ``guidance`` is replaced too: a distilled model's inversion guidance.
+    With ``guidance`` (g₂) the copy's ``guidance`` is replaced too: a distilled model's inversion guidance
+    (a tensor of the same shape, dtype and device when the caller's g₁ is a tensor, else the float).
     """
     args = {**extra_args, "cond_scale": scale}
     if "seg_scale" in args:
         args["seg_scale"] = args.get("inversion_seg_scale", 0.0)
     if guidance is not None:
-        args["guidance"] = guidance
+        current = args.get("guidance")
+        args["guidance"] = torch.full_like(current, guidance) if isinstance(current, torch.Tensor) else guidance
     return model(x, sigma, **args)
 
 
