@@ -207,8 +207,17 @@ def test_install_report_without_any_library(tmp_path):
 
 
 def test_root_metadata_ini_is_the_extension_one():
-    assert (ROOT / "metadata.ini").read_text().split("[Extension]")[1] == (
-        (WEBUI_EXTENSION / "metadata.ini").read_text().split("[Extension]")[1]
+    import configparser
+
+    def read(path: Path) -> dict:
+        parser = configparser.ConfigParser()
+        assert parser.read(path)
+        return {section: dict(parser[section]) for section in parser.sections()}
+
+    assert (
+        read(ROOT / "metadata.ini")
+        == read(WEBUI_EXTENSION / "metadata.ini")
+        == {"Extension": {"name": "zigzag-kdiff", "version": checkout.checkout_version(str(ROOT))}}
     )
 
 
@@ -224,10 +233,11 @@ import comfy.cli_args
 comfy.cli_args.args.cpu = True
 import comfy.k_diffusion.sampling, comfy.model_management, comfy.samplers, nodes
 from comfy_config import config_parser
-results = []
+results, start_path = [], list(sys.path)
 for pack in packs:
     for name in [name for name in sys.modules if name.split(".")[0] == "zigzag_kdiff"]:
         del sys.modules[name]  # each pack imports its own copy, as in a fresh ComfyUI
+    sys.path[:] = start_path
     loaded = asyncio.run(nodes.load_custom_node(pack))
     config = config_parser.extract_node_configuration(pack)
     results.append({
