@@ -338,3 +338,20 @@ def test_root_init_does_nothing_outside_comfyui(tmp_path):
     result = _python(ROOT_INIT_ELSEWHERE, str(ROOT / "__init__.py"), cwd=tmp_path)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout == "['_EXPORTS', 'importlib', 'os', 'sys'] False False\n"
+
+
+INDEX_TAGS = {
+    *["script", "localization", "tab", "dropdown", "ads", "installed", "training", "models", "UI related"],
+    *["prompting", "editing", "manipulations", "online", "animation", "query", "science", "extras"],
+}
+"""The tags of the A1111 extension index (AUTOMATIC1111/stable-diffusion-webui-extensions, tags.json)."""
+
+
+def test_extension_index_entry_in_the_docs():
+    page = (ROOT / "docs" / "a1111-forge.md").read_text(encoding="utf-8")
+    block = page.split("### Extension index entry")[1].split("```json\n")[1].split("```")[0]
+    entry = json.loads(block)
+    assert set(entry) == {"name", "url", "description", "tags"}
+    assert set(entry["tags"]) <= INDEX_TAGS and entry["tags"]
+    repository = registry.pack_pyproject().split("Repository = ")[1].split("\n")[0].strip('"')
+    assert entry["url"] == repository and f"`{repository}`" in (ROOT / "README.md").read_text(encoding="utf-8")

@@ -23,6 +23,8 @@ def test_host_metadata_and_changelog_carry_the_package_version():
     assert webui.get("Extension", "Name") == "zigzag-kdiff"  # A1111/Forge's canonical extension name
     root = configparser.ConfigParser()  # the repository root is the extension too (Install from URL)
     assert root.read(ROOT / "metadata.ini") and root.get("Extension", "Version") == version
-    headings = re.findall(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), flags=re.M)
+    headings = [
+        h for h in re.findall(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), flags=re.M) if h != "Unreleased"
+    ]
     assert headings[0] == version, "the newest CHANGELOG.md entry is the package version"
     assert "version = attr: zigzag_kdiff.__version__" in (ROOT / "setup.cfg").read_text()

@@ -26,7 +26,7 @@ def checkout_root(pack_dir: Path) -> Path | None:
 
 
 def describe(module: ModuleType, root: Path | None) -> str:
-    """One log line: the version and folder of ``module`` and whether it is the repository's copy or an installed one."""
+    """One log line: the version and folder of ``module``, and whether it is the repository's copy or installed."""
     folder = Path(module.__file__ or "").resolve().parent
     version = getattr(module, "__version__", "?")
     if root is not None and folder.is_relative_to(root):
