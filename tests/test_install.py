@@ -355,3 +355,25 @@ def test_extension_index_entry_in_the_docs():
     assert set(entry["tags"]) <= INDEX_TAGS and entry["tags"]
     repository = registry.pack_pyproject().split("Repository = ")[1].split("\n")[0].strip('"')
     assert entry["url"] == repository and f"`{repository}`" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+PACK_LOCATE = """
+import importlib.util, logging, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+spec = importlib.util.spec_from_file_location("pack_locate", sys.argv[1])
+locate = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(locate)
+print(locate.import_zigzag_kdiff().__file__)
+"""
+
+
+def test_comfyui_pack_prefers_an_installed_library_and_says_so(head_clone, tmp_path):
+    clone = head_clone(tmp_path / "custom_nodes" / "zigzag-kdiff")
+    site = _fake_installed(tmp_path / "site")
+    locate = clone / "extensions" / "comfyui_zigzag" / "locate.py"
+    result = _python(PACK_LOCATE, str(locate), cwd=tmp_path, path=(str(site),), site=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"[Zigzag] zigzag_kdiff 9.9.9 installed at {site / 'zigzag_kdiff'}",
+        str(site / "zigzag_kdiff" / "__init__.py"),
+    ]
