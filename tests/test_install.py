@@ -128,6 +128,7 @@ spec.loader.exec_module(checkout)
 lines = []
 module = checkout.import_library(extension_dir, log=lines.append)
 assert checkout.import_library(extension_dir, log=lines.append) is module  # the second glue script: no new line
+assert sys.path.count(root) == 1, "the library is imported without adding the checkout to sys.path"
 print(module.__file__)
 print(*lines, sep="\\n")
 """
@@ -237,7 +238,6 @@ results, start_path = [], list(sys.path)
 for pack in packs:
     for name in [name for name in sys.modules if name.split(".")[0] == "zigzag_kdiff"]:
         del sys.modules[name]  # each pack imports its own copy, as in a fresh ComfyUI
-    sys.path[:] = start_path
     loaded = asyncio.run(nodes.load_custom_node(pack))
     config = config_parser.extract_node_configuration(pack)
     results.append({
@@ -247,6 +247,7 @@ for pack in packs:
         "ksampler": [name for name in comfy.samplers.KSampler.SAMPLERS if name.startswith("zigzag")],
         "sampler_file": comfy.k_diffusion.sampling.sample_zigzag_euler.__code__.co_filename,
         "library": sys.modules["zigzag_kdiff"].__file__,
+        "sys_path": sys.path == start_path,
         "project": [config.project.name, config.project.version, config.project.dependencies],
         "publisher": config.tool_comfy.publisher_id,
     })
@@ -287,6 +288,7 @@ def test_clone_and_registry_zip_load_in_comfyui(head_clone, tmp_path):
         assert loaded["ksampler"] == ["zigzag_euler", "zigzag_ddim", "zigzag_dpmpp_2m"]
         assert Path(loaded["sampler_file"]).is_relative_to(pack / "extensions" / "comfyui_zigzag")
         assert Path(loaded["library"]) == pack / "zigzag_kdiff" / "__init__.py"
+        assert loaded["sys_path"], "the repository root is not put on sys.path"
         assert f"[Zigzag] zigzag_kdiff {version} from this repository ({pack / 'zigzag_kdiff'})" in result.stderr
     # the zip's pyproject is the registry's: name, version, PyPI-only dependencies (the library is inside)
     name, zip_version, dependencies = from_zip["project"]

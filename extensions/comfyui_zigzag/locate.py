@@ -11,6 +11,7 @@ here; the log says which copy is used.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def describe(module: ModuleType, root: Path | None) -> str:
 
 
 def import_zigzag_kdiff(pack_dir: Path | None = None) -> ModuleType:
-    """Import ``zigzag_kdiff``: the installed package, else the repository's copy (its root goes on sys.path)."""
+    """Import ``zigzag_kdiff``: the installed package, else the repository's copy (``import_from``)."""
     pack_dir = Path(__file__).parent if pack_dir is None else pack_dir
     try:
         module = importlib.import_module(PACKAGE)
@@ -50,7 +51,24 @@ def import_zigzag_kdiff(pack_dir: Path | None = None) -> ModuleType:
                 "ComfyUI's Python",
                 name=PACKAGE,
             ) from error
-        sys.path.append(str(root))
-        module = importlib.import_module(PACKAGE)
+        module = import_from(root)
     logging.info(describe(module, checkout_root(pack_dir)))
+    return module
+
+
+def import_from(root: Path) -> ModuleType:
+    """Import ``root/zigzag_kdiff`` as the package, without putting ``root`` on ``sys.path`` (the repository root also
+    holds ``scripts/``, ``tools/``, ``tests/``, ``install.py``: names other packs may import)."""
+    folder = root / PACKAGE
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        for name in [name for name in sys.modules if name == PACKAGE or name.startswith(PACKAGE + ".")]:
+            del sys.modules[name]
+        raise
     return module

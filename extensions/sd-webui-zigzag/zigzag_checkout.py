@@ -89,8 +89,8 @@ def describe(module: ModuleType, root: str | None) -> str:
 
 
 def import_library(extension_dir: str, log: Callable[[str], object] = print) -> ModuleType:
-    """Import ``zigzag_kdiff``: the installed package if there is one, else the checkout's copy (its root is appended
-    to ``sys.path``). Logs which copy once, when it imports it; an already imported one is returned as it is."""
+    """Import ``zigzag_kdiff``: the installed package if there is one, else the checkout's copy (``import_from``).
+    Logs which copy once, when it imports it; an already imported one is returned as it is."""
     if PACKAGE in sys.modules:  # Reload UI, or the other glue script of this extension imported it first
         return sys.modules[PACKAGE]
     root = find_checkout_root(extension_dir)
@@ -106,10 +106,26 @@ def import_library(extension_dir: str, log: Callable[[str], object] = print) -> 
             name=PACKAGE,
         )
     else:
-        if root not in sys.path:
-            sys.path.append(root)
-        module = importlib.import_module(PACKAGE)
+        module = import_from(root)
     log(describe(module, root))
+    return module
+
+
+def import_from(root: str) -> ModuleType:
+    """Import the ``zigzag_kdiff`` folder of ``root`` as the package, without putting ``root`` on ``sys.path`` (it
+    also holds ``scripts/``, ``tools/``, ``tests/``, ``install.py``: names other code may import)."""
+    folder = os.path.join(root, PACKAGE)
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        for name in [name for name in sys.modules if name == PACKAGE or name.startswith(PACKAGE + ".")]:
+            del sys.modules[name]
+        raise
     return module
 
 
