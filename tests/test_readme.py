@@ -163,7 +163,7 @@ def test_cli_commands_parse_and_named_files_exist():
                     assert _exists(word), f"{_rel(page)}: `{command}` names a missing {word}"
                     files += 1
         elif words[:2] == ["ln", "-s"]:
-            source = words[2].replace("$PWD/", "")
+            source = words[2].replace("$PWD/", "").replace("$PWD", ".")
             assert _exists(source), f"{_rel(page)}: `{command}` links a missing {source}"
             files += 1
     assert parsed >= 10 and files >= 5, (parsed, files)

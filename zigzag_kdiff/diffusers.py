@@ -66,7 +66,7 @@ scheduler's noise levels for this step count)."""
 TINY_MODELS = {"tiny": "sd15", "tiny-sd15": "sd15", "tiny-sd2-v": "sd2-v", "tiny-sdxl": "sdxl"}
 BUNDLED_MODELS = {"shapes": Path(__file__).parent / "models_data" / "shapes16"}
 """Models shipped inside the package (safetensors): ``shapes``, the 16×16 pixel-space coloured-squares
-model trained by ``scripts/train_shapes.py`` (see :mod:`zigzag_kdiff.bench.shapes_task`); the CLI's default."""
+model trained by ``tools/train_shapes.py`` (see :mod:`zigzag_kdiff.bench.shapes_task`); the CLI's default."""
 """``--model`` names that build a tiny random-weight pipeline (:mod:`zigzag_kdiff.tiny`)."""
 
 

@@ -1,6 +1,6 @@
 """``zigzag-kdiff bench shapes``: Z-Sampling against a CFG sweep on the bundled text-to-image model.
 
-The bundled model (``zigzag_kdiff/models_data/shapes16``, trained by ``scripts/train_shapes.py``) is a
+The bundled model (``zigzag_kdiff/models_data/shapes16``, trained by ``tools/train_shapes.py``) is a
 diffusers ``UNet2DConditionModel`` with cross- and self-attention over a small ``CLIPTextModel``,
 ε-prediction on SD's scaled-linear schedule, in pixel space (16×16 RGB). Sampling goes through the
 same code path as an SD user's: k-diffusion's ``DiscreteEpsDDPMDenoiser`` over

@@ -31,10 +31,7 @@ def _load_local(name):
     return module
 
 
-if importlib.util.find_spec("zigzag_kdiff") is None:  # install.py skipped (--skip-install) or failed
-    _root = _load_local("zigzag_checkout").find_checkout_root(EXTENSION_DIR)
-    if _root is not None:
-        sys.path.append(_root)
+_load_local("zigzag_checkout").import_library(EXTENSION_DIR)  # installed zigzag_kdiff, else the checkout's; logs which
 
 _load_local("zigzag_webui")
 from zigzag_webui import forge, infotext, names, registry, settings, xyz  # noqa: E402

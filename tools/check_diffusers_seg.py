@@ -2,7 +2,7 @@
 
 The official code (SusungHong/SEG-SDXL, ``pipeline_seg.py``) is the reference; on square grids
 :func:`zigzag_kdiff.seg.blur_queries` computes exactly its blur (tests/test_seg.py). Run:
-``PYTHONPATH=. python scripts/check_diffusers_seg.py`` (prints one line per finding; nothing is written).
+``PYTHONPATH=. python tools/check_diffusers_seg.py`` (prints one line per finding; nothing is written).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Pool the per-image outcomes of shapes runs on disjoint seed ranges and test the headline pairs again.
 
-    python scripts/pool_shapes_replicates.py results/shapes/shapes.json \\
+    python tools/pool_shapes_replicates.py results/shapes/shapes.json \\
         results/shapes/replicate-seeds-20-39/shapes.json
 """
 

@@ -4,8 +4,8 @@ For a batch of real task images noised at a few timesteps, the model's ε-predic
 prompt, with the position word swapped (left↔right, top↔bottom), with the colour word changed, and with
 the empty prompt. A word the model uses raises the loss when edited; a word it ignores does not.
 
-    python scripts/probe_shapes_words.py                    # the bundled model
-    python scripts/probe_shapes_words.py --model /tmp/shapes16-stage1
+    python tools/probe_shapes_words.py                    # the bundled model
+    python tools/probe_shapes_words.py --model /tmp/shapes16-stage1
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ step (:mod:`zigzag_kdiff.bench.shapes_task`), 10 % empty prompts so classifier-f
 weights are an exponential moving average. Deterministic for a given seed and step count on CPU.
 
     # the bundled model, in two stages of 3000 steps (28 min on 1 thread + 22 min on 2 threads here)
-    python scripts/train_shapes.py --out /tmp/shapes16-stage1
-    python scripts/train_shapes.py --init /tmp/shapes16-stage1 --seed 1 --lr 5e-4 --warmup 50 --threads 2
-    python scripts/train_shapes.py --steps 50 --out /tmp/shapes16-smoke     # a smoke test
+    python tools/train_shapes.py --out /tmp/shapes16-stage1
+    python tools/train_shapes.py --init /tmp/shapes16-stage1 --seed 1 --lr 5e-4 --warmup 50 --threads 2
+    python tools/train_shapes.py --steps 50 --out /tmp/shapes16-smoke     # a smoke test
 
 The output folder loads with ``from_pretrained`` (safetensors only): ``unet/``, ``text_encoder/``,
 ``tokenizer/``, ``scheduler/`` and a ``model_index.json`` describing a ``StableDiffusionPipeline``
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": args.seed,
                 "final_loss_ema": round(running, 5),
                 "seconds": round(time.time() - start),
-                "command": "python scripts/train_shapes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                "command": "python tools/train_shapes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "init": init_meta,
             }
             save(args.out, ema_unet, ema_text, meta)
