@@ -38,7 +38,8 @@ from zigzag_kdiff import sampling as engine
 from zigzag_kdiff.guidance import GuidanceInterval, check_finite
 
 SAMPLER_NAMES = ("zigzag_euler", "zigzag_ddim", "zigzag_dpmpp_2m")
-"""Names added to the KSampler / KSamplerSelect dropdowns (engine defaults: γ₂ = 0, λ = steps − 1, T_max = 1)."""
+"""Names added to the KSampler / KSamplerSelect dropdowns (γ₂ = 0, λ = steps − 1, T_max = 1; on guidance-distilled
+models at cfg 1 γ₂ = 1 and g₂ = min(1, g₁): :func:`resolve_distilled_guidance`)."""
 
 RULES = {
     "euler": (engine.sample_zigzag_euler, {}),
