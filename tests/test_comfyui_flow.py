@@ -274,6 +274,45 @@ def test_flow_models_are_sampled_as_flow_latents(flow, counter):
     assert not torch.allclose(pack, comfy_dpmpp)
 
 
+def test_flux_dev_zigzag_equals_the_engine_on_comfyuis_own_apply_model(flow, counter):
+    """The whole pack path (SamplerCustomAdvanced, CFGGuider at cfg 1, g₂ = 2) equals the library's engine driven
+    directly on ComfyUI's ``BaseModel.apply_model`` with ``guidance`` g₁ in the denoising calls and g₂ in the
+    inversions (the library's own ``call_with_cond_scale``), with ComfyUI's noise and latent scaling."""
+    import comfy.sample
+
+    import zigzag_kdiff
+
+    g2 = 2.0
+    pack = advanced(flow, cfg_guider(flow, flow.dev), zigzag_node(flow, inversion_guidance=g2), flow.dev)
+    base = flow.dev.model
+    context, extra = POS_TEXT[0]
+
+    def denoiser(x, sigma, cond_scale, guidance):
+        assert cond_scale == 1.0  # true CFG off: the conditional prediction alone
+        guidance = torch.full((x.shape[0],), guidance)
+        return base.apply_model(x, sigma, c_crossattn=context, y=extra["pooled_output"], guidance=guidance)
+
+    sigmas_ = sigmas(flow, flow.dev)
+    noise = comfy.sample.prepare_noise(latent()["samples"], 0)
+
+    def engine(inversion_guidance):
+        with torch.no_grad():
+            x = zigzag_kdiff.sample_zigzag_euler(
+                denoiser,
+                sigmas_[0] * noise,  # CONST noise scaling of an empty latent
+                sigmas_,
+                {"cond_scale": 1.0, "guidance": G1},
+                disable=True,
+                inversion_scale=1.0,
+                inversion_guidance=inversion_guidance,
+                flow=True,
+            )
+        return base.process_latent_out(x)
+
+    assert torch.equal(pack, engine(g2))  # bit for bit on CPU float32
+    assert not torch.allclose(pack, engine(1.0), rtol=1e-5, atol=1e-6)  # the inversions' guidance matters
+
+
 # --- the APPLY_MODEL wrapper: per call, coexisting, nothing left behind ---------------------------------------
 
 
