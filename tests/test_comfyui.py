@@ -248,15 +248,15 @@ def test_batch_rows_match_single_runs_with_per_batch_seeds(comfyui, counter):
     assert not torch.allclose(batch[0], batch[1])
 
 
-def test_flow_model_zigzags_with_euler_and_refuses_the_ddim_rule(comfyui, counter):
+def test_flow_sampling_zigzags_with_every_flow_rule_and_refuses_the_released_ddim(comfyui, counter):
     flow = comfyui.node["ModelSamplingSD3"]().patch(comfyui.model, 3.0)[0]  # CONST (flow) sampling, σ ≤ 1
     sigmas = schedule(comfyui, model=flow)
-    for rule in ("euler", "dpmpp_2m"):
+    for rule in ("euler", "ddim", "dpmpp_2m"):  # the engine's flow rules (flow=True for CONST sampling)
         samples = sampler_custom(comfyui, zigzag_sampler(comfyui, rule=rule), sigmas, model=flow)
         assert torch.isfinite(samples).all() and float(sigmas[0]) <= 1.0
         assert counter.per_step() == [ZIGZAG_STEP] * (STEPS - 1) + [LAST_STEP]
-    with pytest.raises(ValueError, match=r"this is a flow model \(CONST sampling\): use rule 'euler'"):
-        sampler_custom(comfyui, zigzag_sampler(comfyui, rule="ddim"), sigmas, model=flow)
+    with pytest.raises(ValueError, match=r"rule 'ddim_released' reproduces .* VP .* flow model \(CONST sampling\)"):
+        sampler_custom(comfyui, zigzag_sampler(comfyui, rule="ddim_released"), sigmas, model=flow)
     assert counter.calls == 0
 
 

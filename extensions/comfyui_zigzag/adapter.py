@@ -9,6 +9,12 @@ so a call at scale 0 also gets :class:`UnconditionalOnly`, which leaves the posi
 
 Paper symbols: γ₁ is the guider's ``cfg`` (every denoising call), γ₂ the ``inversion_scale`` (every
 inversion call), λ the zigzag steps, T_max the zigzag rounds.
+
+Flow models (CONST model sampling: SD3, Flux) are sampled as flow latents (the engine's ``flow=True``).
+Guidance-distilled models (Flux dev: a ``guidance`` input, set by FluxGuidance) add distilled guidance:
+g₁ is the positive conditioning's guidance (what the denoising calls see), g₂ the ``inversion_guidance``
+of every inversion call, put into that call alone by :class:`InversionGuidance`, a keyed APPLY_MODEL
+wrapper on the call's own ``model_options`` copy.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from zigzag_kdiff import sampling as engine
 from zigzag_kdiff.guidance import GuidanceInterval, check_finite
 
 SAMPLER_NAMES = ("zigzag_euler", "zigzag_ddim", "zigzag_dpmpp_2m")
-"""Names added to the KSampler / KSamplerSelect dropdowns (engine defaults: γ₂ = 0, λ = steps − 1, T_max = 1)."""
+"""Names added to the KSampler / KSamplerSelect dropdowns (γ₂ = 0, λ = steps − 1, T_max = 1; on guidance-distilled
+models at cfg 1 γ₂ = 1 and g₂ = min(1, g₁): :func:`resolve_distilled_guidance`)."""
 
 RULES = {
     "euler": (engine.sample_zigzag_euler, {}),
@@ -42,8 +49,16 @@ RULES = {
 }
 """Rules of the Zigzag Sampler node (denoising step and inversion): engine function and its fixed options."""
 
-FLOW_RULES = ("euler", "dpmpp_2m")
-"""Rules whose inversion (the Euler one) suits flow models (CONST sampling) too."""
+FLOW_REFUSED_RULES = ("ddim_released",)
+"""Rules the engine does not define on flow latents (the released update rescales by a VP schedule's ᾱ)."""
+
+DEFAULT_INVERSION_GUIDANCE = 1.0
+"""g₂ where ``inversion_guidance`` is not given, on models with distilled guidance: the lowest value Flux dev
+is normally run at (in the idealised D_g = D_u + g·(D_c − D_u), g = 1 is the conditional prediction), capped
+at g₁. Nothing in RF-Sampling (the Z-Sampling authors' flow method) supports a lower one."""
+
+INVERSION_GUIDANCE_KEY = "zigzag_kdiff_inversion_guidance"
+"""Key of :class:`InversionGuidance` among one inversion call's APPLY_MODEL wrappers."""
 
 GUIDANCE_INTERVAL_KEY = "zigzag_kdiff_guidance_interval"
 """Key of the Guidance Interval patch among the model's ``predict_noise`` wrappers."""
@@ -83,15 +98,21 @@ def scalable_guider(guider: Any, purpose: str) -> Any:
     return guider
 
 
-def drivable_guider(model: Any) -> Any:
-    """The guider behind ComfyUI's k-diffusion model, checked to support zigzag inversion calls."""
+def drivable_guider(model: Any, inversion_scale: float | None = None) -> Any:
+    """The guider behind ComfyUI's k-diffusion model, checked to support zigzag inversion calls.
+
+    A guider without negative conditioning (BasicGuider) is accepted when the inversions run at
+    ``inversion_scale`` 1 (the positive conditioning alone, as on guidance-distilled models).
+    """
     guider = scalable_guider(getattr(model, "inner_model", None), "zigzag sampling")
     conds = getattr(guider, "conds", None) or {}
-    if not conds.get("negative"):
+    if inversion_scale != 1.0 and not conds.get("negative"):
+        scale = "its default" if inversion_scale is None else f"{inversion_scale:g}"
         raise ValueError(
-            f"zigzag sampling evaluates inversion calls at inversion_scale (γ₂) with the negative "
+            f"zigzag sampling evaluates inversion calls at inversion_scale (γ₂) = {scale} with the negative "
             f"conditioning, but {type(guider).__name__} has none (BasicGuider); use KSampler, SamplerCustom "
-            "or the CFGGuider node with a negative prompt, or zigzag steps 0 for plain sampling"
+            "or the CFGGuider node with a negative prompt, or inversion_scale 1 (on a guidance-distilled model "
+            "such as Flux dev the gap is then inversion_guidance, g₂), or zigzag steps 0 for plain sampling"
         )
     return guider
 
@@ -154,21 +175,74 @@ def unconditional_only(guider: Any, extra_args: dict) -> dict:
     return {**extra_args, "model_options": patched}
 
 
+class InversionGuidance:
+    """An APPLY_MODEL wrapper (ComfyUI's WrappersMP.APPLY_MODEL): distilled guidance g₂ in inversion calls.
+
+    In a call whose ``transformer_options`` carry :data:`INVERSION_KEY` it replaces the ``guidance`` keyword
+    (Flux's ``c['guidance']``, one value per row of the batch, from FluxGuidance or the 3.5 default) by g₂ on
+    every row; other calls pass through. Registered under :data:`INVERSION_GUIDANCE_KEY` on the inversion
+    call's own ``model_options`` copy (:func:`with_inversion_guidance`), so it never outlives that call.
+    """
+
+    def __init__(self, guidance: float) -> None:
+        self.guidance = guidance
+
+    def __call__(
+        self,
+        executor: Any,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        c_concat: Any = None,
+        c_crossattn: Any = None,
+        control: Any = None,
+        transformer_options: dict | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        options = transformer_options or {}
+        if options.get(INVERSION_KEY):
+            previous = kwargs.get("guidance")
+            dtype = previous.dtype if isinstance(previous, torch.Tensor) else torch.float32
+            kwargs["guidance"] = torch.full((x.shape[0],), self.guidance, dtype=dtype, device=x.device)
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+
+
+def with_inversion_guidance(extra_args: dict, guidance: float) -> dict:
+    """``extra_args`` for one inversion call: its ``model_options`` cloned with :class:`InversionGuidance`."""
+    patched = comfy.model_patcher.create_model_options_clone(extra_args.get("model_options") or {})
+    comfy.patcher_extension.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.APPLY_MODEL,
+        INVERSION_GUIDANCE_KEY,
+        InversionGuidance(guidance),
+        patched,
+        is_model_options=True,
+    )
+    return {**extra_args, "model_options": patched}
+
+
 class GuiderScaleSwitch:
     """The engine's ``call_at_scale`` for ComfyUI: set the guider's cfg, call the model, restore the cfg.
 
     At scale 0 the call evaluates the negative batch alone (:func:`unconditional_only`): one branch, as
-    ComfyUI's own cfg1 optimisation does at scale 1.
+    ComfyUI's own cfg1 optimisation does at scale 1. With ``guidance`` (g₂, the engine's
+    ``inversion_guidance``) the call's distilled guidance is g₂ (:class:`InversionGuidance`).
     """
 
     def __init__(self, guider: Any) -> None:
         self.guider = guider
 
     def __call__(
-        self, model: Callable[..., torch.Tensor], x: torch.Tensor, sigma: torch.Tensor, extra_args: dict, scale: float
+        self,
+        model: Callable[..., torch.Tensor],
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        extra_args: dict,
+        scale: float,
+        guidance: float | None = None,
     ) -> torch.Tensor:
         if scale == 0:
             extra_args = unconditional_only(self.guider, extra_args)
+        if guidance is not None:
+            extra_args = with_inversion_guidance(extra_args, guidance)
         with guider_scale(self.guider, scale):
             return model(x, sigma, **mark_inversion(extra_args))
 
@@ -272,13 +346,77 @@ def resolve_zigzag_steps(
     return min(steps - 1, math.floor(fraction * steps + 0.5))
 
 
-def _check_rule_fits_model(guider: Any, rule: str) -> None:
+def is_flow_model(model: Any) -> bool:
+    """True for ComfyUI's flow models (CONST model sampling: SD3, Flux, ModelSamplingSD3/Flux patches)."""
+    guider = getattr(model, "inner_model", None)
     model_sampling = getattr(getattr(guider, "inner_model", None), "model_sampling", None)
-    if rule not in FLOW_RULES and isinstance(model_sampling, comfy.model_sampling.CONST):
+    return isinstance(model_sampling, comfy.model_sampling.CONST)
+
+
+def _check_rule_fits_model(rule: str, flow: bool) -> None:
+    if flow and rule in FLOW_REFUSED_RULES:
         raise ValueError(
-            f"rule {rule!r} inverts with the DDIM rule of ε/v-prediction models; this is a flow model "
-            "(CONST sampling): use rule 'euler' (zigzag_euler) or 'dpmpp_2m' (zigzag_dpmpp_2m)"
+            f"rule {rule!r} reproduces the released code's VP (ᾱ) rescalings, which a flow model (CONST "
+            "sampling) does not have; use rule 'ddim' (the paper's update, defined on flow), 'euler' or 'dpmpp_2m'"
         )
+
+
+def has_distilled_guidance(model: Any) -> bool:
+    """True if the diffusion model embeds a distilled ``guidance`` input (Flux dev; not schnell, SD3, UNets)."""
+    guider = getattr(model, "inner_model", None)
+    base = getattr(guider, "inner_model", None)
+    unet_config = getattr(getattr(base, "model_config", None), "unet_config", None) or {}
+    return unet_config.get("guidance_embed") is True
+
+
+def distilled_guidance(model: Any) -> float | None:
+    """g₁: the smallest distilled guidance of the positive conditioning as the model receives it (FluxGuidance,
+    else the model's default, 3.5 on Flux); ``None`` on models without it or with it disabled."""
+    if not has_distilled_guidance(model):
+        return None
+    values = []
+    for cond in (getattr(model.inner_model, "conds", None) or {}).get("positive") or []:
+        guidance = (cond.get("model_conds") or {}).get("guidance")
+        if guidance is None:  # FluxDisableGuidance: the model sees no guidance
+            return None
+        values.append(float(guidance.cond.min()))
+    return min(values) if values else None
+
+
+def resolve_distilled_guidance(
+    model: Any, inversion_guidance: float | None, inversion_scale: float | None
+) -> tuple[float | None, float | None, float]:
+    """``(g₁, g₂, γ₂)`` for a run: the defaults of guidance-distilled models, checked.
+
+    ``inversion_guidance`` None: g₂ = min(:data:`DEFAULT_INVERSION_GUIDANCE`, g₁) on models with distilled
+    guidance, none elsewhere; a value on a model without distilled guidance is a ``ValueError``.
+    ``inversion_scale`` None: γ₂ = 1 on a guidance-distilled model with true CFG off (cfg 1: the inversion is
+    one conditional row, the gap is g₁ − g₂), else 0 (the released code's unconditional inversion).
+    """
+    guider = model.inner_model
+    g1 = distilled_guidance(model)
+    if inversion_guidance is not None:
+        value = check_finite("inversion_guidance", inversion_guidance)
+        if g1 is None:
+            why = "its guidance is disabled" if has_distilled_guidance(model) else "it has no guidance input"
+            raise ValueError(
+                f"inversion_guidance (g₂) sets the distilled guidance of inversion calls, but this model has "
+                f"none ({why}; Flux dev has it, Flux schnell, SD3 and UNets do not): leave it at -1 (auto)"
+            )
+        if value < 0:
+            raise ValueError(f"inversion_guidance (g₂) must be >= 0 (allowed: 0 <= g₂ <= g₁ = {g1:g}), got {value:g}")
+        if value > g1:
+            raise ValueError(
+                f"inversion_guidance (g₂) must be <= the denoising distilled guidance g₁ = {g1:g} (the FluxGuidance "
+                f"value of the positive conditioning) so the gap g₁ − g₂ is >= 0 (allowed: 0 <= g₂ <= {g1:g}), "
+                f"got {value:g}"
+            )
+        g2 = value
+    else:
+        g2 = None if g1 is None else min(DEFAULT_INVERSION_GUIDANCE, g1)
+    if inversion_scale is None:
+        inversion_scale = 1.0 if g1 is not None and guider.cfg == 1.0 else 0.0
+    return g1, g2, inversion_scale
 
 
 @torch.no_grad()
@@ -291,7 +429,8 @@ def sample_zigzag(
     disable: bool | None = None,
     *,
     rule: str = "euler",
-    inversion_scale: float = 0.0,
+    inversion_scale: float | None = None,
+    inversion_guidance: float | None = None,
     zigzag_steps: int | None = None,
     zigzag_fraction: float | None = None,
     zigzag_rounds: int = 1,
@@ -304,6 +443,11 @@ def sample_zigzag(
     (default steps − 1); T_max is ``zigzag_rounds``. ``guidance_interval`` ``(sigma_low, sigma_high)``
     applies CFG only inside it; a Guidance Interval patch on the model does the same. Zigzag runs only
     on steps inside the interval(s), as the engine defines.
+
+    On guidance-distilled models (Flux dev) the inversions run at distilled guidance ``inversion_guidance``
+    (g₂, default min(1, g₁)) against g₁, the positive conditioning's FluxGuidance value; ``inversion_scale``
+    defaults to 1 there at cfg 1 (one row per inversion), else to 0 (see :func:`resolve_distilled_guidance`).
+    Flow models (CONST sampling) are sampled as flow latents.
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {sorted(RULES)}, got {rule!r}")
@@ -315,14 +459,18 @@ def sample_zigzag(
     interval = intersect(own_interval, patched_interval(extra_args.get("model_options", {})))
     denoiser = model if own_interval is None else IntervalDenoiser(model, own_interval)
     function, fixed = RULES[rule]
-    options: dict[str, Any] = dict(
-        fixed, inversion_scale=inversion_scale, zigzag_steps=zigzag_steps, zigzag_rounds=zigzag_rounds
-    )
+    flow = is_flow_model(model)
+    _check_rule_fits_model(rule, flow)
+    options: dict[str, Any] = dict(fixed, zigzag_steps=zigzag_steps, zigzag_rounds=zigzag_rounds, flow=flow)
     calls = engine.count_model_calls(sigmas, zigzag_steps, zigzag_rounds, interval)  # validates λ, T_max, sigmas
     if calls > len(sigmas) - 1:  # some step zigzags: inversion calls need the guider's scale switch
-        guider = drivable_guider(model)
-        _check_rule_fits_model(guider, rule)
-        options.update(call_at_scale=GuiderScaleSwitch(guider), cond_scale=guider.cfg)
+        scalable_guider(getattr(model, "inner_model", None), "zigzag sampling")
+        g1, g2, inversion_scale = resolve_distilled_guidance(model, inversion_guidance, inversion_scale)
+        guider = drivable_guider(model, inversion_scale)
+        options.update(call_at_scale=GuiderScaleSwitch(guider), cond_scale=guider.cfg, guidance=g1)
+        if g2 is not None:
+            options.update(inversion_guidance=g2)
+    options.update(inversion_scale=0.0 if inversion_scale is None else inversion_scale)
     return function(denoiser, x, sigmas, extra_args, callback, disable, guidance_interval=interval, **options)
 
 

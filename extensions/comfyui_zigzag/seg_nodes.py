@@ -28,7 +28,9 @@ from __future__ import annotations
 from typing import Any
 
 import comfy.ldm.modules.attention
+import comfy.ldm.modules.diffusionmodules.openaimodel
 import comfy.model_patcher
+import comfy.model_sampling
 import comfy.samplers
 import torch
 from comfy_api.latest import io
@@ -57,6 +59,30 @@ def unet_self_attention_layers(diffusion_model: Any) -> dict[str, list[LayerKey]
     (:func:`zigzag_kdiff.seg_ldm.ldm_self_attention_layers`), as patch keys."""
     groups = ldm_self_attention_layers(diffusion_model.named_modules())
     return {group: [block_name(name) for name in names] for group, names in groups.items()}
+
+
+def check_unet(model_patcher: Any) -> None:
+    """``ValueError`` unless the model is a UNet with self-attention (SD1.x/2.x/SDXL), before anything is patched.
+
+    The official SEG blurs the queries of a UNet's self-attention layers (image tokens attending to image
+    tokens). Flow transformers (SD3's MMDiT, Flux) attend jointly over text and image tokens in one attention,
+    where that algorithm is not defined; they are refused with that reason.
+    """
+    diffusion_model = model_patcher.get_model_object("diffusion_model")
+    if isinstance(diffusion_model, comfy.ldm.modules.diffusionmodules.openaimodel.UNetModel):
+        return
+    name = type(diffusion_model).__name__
+    model_sampling = model_patcher.get_model_object("model_sampling")
+    if isinstance(model_sampling, comfy.model_sampling.CONST) or hasattr(diffusion_model, "joint_blocks"):
+        raise ValueError(
+            f"Smoothed Energy Guidance (seg_scale) is defined on a UNet's self-attention layers, whose queries it "
+            f"blurs; {name} is a flow transformer (SD3's MMDiT, Flux) with joint attention over text and image "
+            "tokens, where the official SEG is not defined: SEG is refused on flow models"
+        )
+    raise ValueError(
+        f"Smoothed Energy Guidance (seg_scale) is defined on a UNet's self-attention layers (SD1.x, SD2.x, SDXL); "
+        f"this model's diffusion model is {name}, not a UNet"
+    )
 
 
 def resolve_layers(diffusion_model: Any, names: str, parameter: str = "seg_applied_layers") -> list[LayerKey]:
@@ -201,6 +227,7 @@ def patch_seg(model_patcher: Any, options: SEGOptions, layer_names: str | None =
     ``layer_names`` (official and ComfyUI names, see :func:`resolve_layers`) default to
     ``options.seg_applied_layers``. ``ValueError`` for layers the model lacks, before anything is patched.
     """
+    check_unet(model_patcher)
     names = ",".join(options.seg_applied_layers) if layer_names is None else layer_names
     layers = resolve_layers(model_patcher.get_model_object("diffusion_model"), names)
     patched = model_patcher.clone()

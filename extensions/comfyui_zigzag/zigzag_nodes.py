@@ -15,6 +15,20 @@ from .seg_nodes import SEG_NODES
 SIGMA_MAX = 10000.0
 """Upper bound of the sigma widgets (a guidance interval reaching it has no upper limit in practice)."""
 
+AUTO = -1.0
+"""Widget value of ``inversion_scale`` and ``inversion_guidance`` that leaves the choice to the model's default
+(:func:`adapter.resolve_distilled_guidance`)."""
+
+
+def auto_or_value(name: str, value: float) -> float | None:
+    """``None`` for the widget value :data:`AUTO` (-1), else the value, which must be >= 0."""
+    number = check_finite(name, value)
+    if number == AUTO:
+        return None
+    if number < 0:
+        raise ValueError(f"{name} must be -1 (auto) or >= 0, got {value:g}")
+    return number
+
 
 def zigzag_steps_option(zigzag_steps: float, unit: str) -> dict[str, float | int]:
     """The sampler option for λ: ``zigzag_fraction`` (share of the steps) or ``zigzag_steps`` (a count)."""
@@ -40,7 +54,9 @@ class ZigzagSampler(io.ComfyNode):
             description=(
                 "Z-Sampling (zigzag diffusion sampling, ICLR 2025): each step denoises at the guider's cfg (γ₁), "
                 "inverts back at the inversion scale (γ₂) and denoises again, so the guidance gap γ₁ − γ₂ "
-                "accumulates prompt semantics. For SamplerCustom / SamplerCustomAdvanced with a CFG guider."
+                "accumulates prompt semantics. On guidance-distilled models (Flux dev) the gap is in the distilled "
+                "guidance: denoising at the FluxGuidance value (g₁), inverting at inversion_guidance (g₂). For "
+                "SamplerCustom / SamplerCustomAdvanced with a CFG guider or BasicGuider."
             ),
             inputs=[
                 io.Combo.Input(
@@ -53,14 +69,14 @@ class ZigzagSampler(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "inversion_scale",
-                    default=0.0,
-                    min=0.0,
+                    default=AUTO,
+                    min=AUTO,
                     max=100.0,
                     step=0.1,
                     round=0.01,
                     tooltip="γ₂, the CFG scale of inversion calls; 0 is the unconditional prediction (released "
                     "code), 1 the conditional one; at 0 and 1 an inversion evaluates one batch, not two. "
-                    "Must be <= cfg.",
+                    "Must be <= cfg. -1 (auto): 1 on guidance-distilled models (Flux dev) at cfg 1, else 0.",
                 ),
                 io.Float.Input(
                     "zigzag_steps",
@@ -83,6 +99,17 @@ class ZigzagSampler(io.ComfyNode):
                 ),
                 io.Float.Input("sigma_low", default=0.28, min=0.0, max=SIGMA_MAX, step=0.01, round=False),
                 io.Float.Input("sigma_high", default=5.42, min=0.0, max=SIGMA_MAX, step=0.01, round=False),
+                io.Float.Input(  # last, so workflows saved before it keep their widget values
+                    "inversion_guidance",
+                    default=AUTO,
+                    min=AUTO,
+                    max=100.0,
+                    step=0.1,
+                    round=0.01,
+                    tooltip="g₂, the distilled guidance of inversion calls on guidance-distilled models (Flux dev); "
+                    "must be <= the FluxGuidance value g₁ of the positive conditioning (default 3.5). -1 (auto): "
+                    "min(1, g₁) on those models; other models (SD3, Flux schnell, UNets) have no distilled guidance.",
+                ),
             ],
             outputs=[io.Sampler.Output()],
         )
@@ -98,6 +125,7 @@ class ZigzagSampler(io.ComfyNode):
         guidance_interval: bool,
         sigma_low: float,
         sigma_high: float,
+        inversion_guidance: float = AUTO,
     ) -> io.NodeOutput:
         if rule not in RULES:
             raise ValueError(f"rule must be one of {list(RULES)}, got {rule!r}")
@@ -105,7 +133,8 @@ class ZigzagSampler(io.ComfyNode):
             raise ValueError(f"zigzag_rounds (T_max) must be an integer >= 0, got {zigzag_rounds!r}")
         options = {
             "rule": rule,
-            "inversion_scale": check_finite("inversion_scale", inversion_scale),
+            "inversion_scale": auto_or_value("inversion_scale", inversion_scale),
+            "inversion_guidance": auto_or_value("inversion_guidance", inversion_guidance),
             "zigzag_rounds": zigzag_rounds,
             "guidance_interval": GuidanceInterval(sigma_low, sigma_high) if guidance_interval else None,
             **zigzag_steps_option(zigzag_steps, zigzag_steps_unit),
