@@ -449,11 +449,13 @@ def latent_scale_factor(pipe: Any) -> int:
     return int(getattr(pipe, "vae_scale_factor", 8))
 
 
+@torch.no_grad()
 def decode_latents(pipe: Any, latents: torch.Tensor, output_type: str = "pil") -> Any:
     """The pipeline's own decode path: VAE (in SDXL pipelines an fp16 VAE with ``force_upcast`` runs in
         float32 and is put back afterwards, even on error), safety checker and watermark if the pipeline
         has them, then its image processor. ``latents`` are VP latents (flow models: the final flow latent,
-    unpacked, decoded as ``latents / scaling_factor + shift_factor``); ``output_type="latent"`` returns them unchanged."""
+    unpacked, decoded as ``latents / scaling_factor + shift_factor``); ``output_type="latent"`` returns them
+    unchanged."""
     if output_type == "latent":
         return latents
     vae = getattr(pipe, "vae", None)
@@ -779,7 +781,15 @@ def _absent_components(folder: Path) -> dict[str, None]:
     if not index_file.is_file():
         return {}
     index = json.loads(index_file.read_text(encoding="utf-8"))
-    absent = {name: None for name in OPTIONAL_COMPONENTS if index.get(name) in (None, [None, None])}
+    import diffusers
+
+    pipeline_class = getattr(diffusers, str(index.get("_class_name")), None)
+    accepted = inspect.signature(pipeline_class.__init__).parameters if pipeline_class is not None else None
+    absent = {
+        name: None
+        for name in OPTIONAL_COMPONENTS
+        if index.get(name) in (None, [None, None]) and (accepted is None or name in accepted)
+    }
     absent.update({name: None for name in NULLABLE_COMPONENTS if name in index and index[name] in (None, [None, None])})
     return absent
 
