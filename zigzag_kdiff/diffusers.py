@@ -766,7 +766,9 @@ def single_file_pipeline_class(path: str | os.PathLike[str]) -> Any:
         raise ValueError(f"{path} looks like an SDXL refiner (image-to-image only); use a text-to-image model")
     if any(k.startswith("model.diffusion_model.") for k in keys):
         return StableDiffusionPipeline
-    raise ValueError(f"{path} is not an SD 1.x/2.x, SDXL, SD3 or Flux checkpoint (no model.diffusion_model.* tensors)")
+    raise ValueError(
+        f"{path} is not an SD 1.x/2.x or SDXL checkpoint, nor SD3 or Flux (no model.diffusion_model.* tensors)"
+    )
 
 
 OPTIONAL_COMPONENTS = ("vae", "safety_checker", "feature_extractor", "image_encoder")
