@@ -317,6 +317,22 @@ def test_max_sequence_length_is_refused_on_unet_models():
 # --- loading --------------------------------------------------------------------------------------------
 
 
+def test_tiny_flow_pipelines_are_deterministic_from_their_seed(flow_pipes):
+    def weights(pipe):
+        return {
+            f"{n}.{k}": v
+            for n, m in pipe.components.items()
+            if isinstance(m, torch.nn.Module)
+            for k, v in m.state_dict().items()
+        }
+
+    again, other = weights(tiny_pipeline("flux")), weights(tiny_pipeline("flux", seed=1))
+    first = weights(flow_pipes["flux"])
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["transformer.proj_out.weight"], other["transformer.proj_out.weight"])
+    assert all(not m.training for m in flow_pipes["sd3"].components.values() if isinstance(m, torch.nn.Module))
+
+
 def test_tiny_model_names_load_flow_pipelines():
     from diffusers import FluxPipeline, StableDiffusion3Pipeline
 

@@ -59,6 +59,7 @@ from .seg import DEFAULT_BLUR_SIGMA, SEGOptions, seg_attention, select_layers
 __all__ = [
     "SCHEDULES",
     "FAMILY_CFG_SCALE",
+    "DEFAULT_INVERSION_GUIDANCE",
     "Generation",
     "model_family",
     "denoiser_for",
