@@ -383,3 +383,18 @@ def test_compare_runs_on_a_tiny_flux(tmp_path):
     argv = ["compare", "--model", "tiny-flux", "--steps", "2", "--methods", "euler,zigzag_euler", "--quiet"]
     assert main(argv + ["--out", str(out)]) == 0
     assert (out / "grid.png").is_file() and len(list(out.glob("p00-*.png"))) == 2
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_generate_defaults_are_the_pipelines_defaults(flow_pipes, kind):
+    """Nothing but the prompt, noise and steps given: SD3 CFG 7 with the empty negative prompt, 256 T5 tokens;
+    Flux distilled guidance 3.5, true CFG off, 512 T5 tokens; both on their own shifted schedule."""
+    pipe = flow_pipes[kind]
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    flux = kind == "flux"
+    reference = pipe(
+        "a dog", latents=pack_latents(noise) if flux else noise.clone(), num_inference_steps=2, output_type="latent"
+    ).images
+    reference = unpack_latents(reference, 8, 8) if flux else reference
+    ours = generate(pipe, "a dog", sampler="euler", steps=2, noise=noise, output_type="latent", disable_progress=True)
+    assert relative_error(ours.latents, reference) <= 1e-5
