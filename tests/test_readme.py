@@ -79,6 +79,10 @@ def _check_shapes_pipeline(ns: dict) -> None:
     assert ns["pipe"].unet.config.in_channels == 3 and ns["pipe"].vae is None
 
 
+def _check_generate_flux(ns: dict) -> None:  # "22 transformer calls, 22 rows: T + 2λ, one row each"
+    assert (ns["result"].model_calls, ns["result"].batch_rows) == (22, 22)
+
+
 # A distinctive line of an example → what its result must be.
 CHECKS = {
     "zigzag_rounds=1,  # γ₂, λ, T_max": _check_kdiffusion,
@@ -87,6 +91,7 @@ CHECKS = {
     "seg_interval=None,\n)": _check_generate_seg,
     "with seg_attention(unet": _check_seg_script,
     "from_pretrained(BUNDLED_MODEL, vae=None)": _check_shapes_pipeline,
+    'load_pipeline("tiny-flux")': _check_generate_flux,
 }
 
 

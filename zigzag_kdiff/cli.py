@@ -178,7 +178,8 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         "--model",
         default="shapes",
         help="local diffusers folder, single-file .safetensors, hub id (needs network), shapes (the bundled "
-        "trained 16×16 model, default), or tiny / tiny-sd2-v / tiny-sdxl (tiny random-weight pipelines)",
+        "trained 16×16 model, default), or tiny / tiny-sd2-v / tiny-sdxl / tiny-sd3 / tiny-sd3-no-t5 / tiny-flux / "
+        "tiny-flux-schnell (tiny random-weight pipelines)",
     )
     compare.add_argument("--model-config", help="for a single-file checkpoint offline: a local diffusers folder")
     compare.add_argument("--prompt", action="append", help="a prompt (repeat for several; default: a released one)")
