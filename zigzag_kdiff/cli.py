@@ -15,6 +15,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -96,8 +97,19 @@ def sigma(text: str) -> float:
     return _number(text, float, "a noise level >= 0 (inf allowed)", lambda v: v >= 0)
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, without breaking lines at hyphens (``tiny-sd15`` stays one word)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors on one line (no usage block above them)."""
+    """argparse, with its errors on one line (no usage block above them) and help text wrapped at spaces only."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -284,8 +296,13 @@ def _check_bench(args: argparse.Namespace) -> None:
     _check_out("--out", args.out)
     _check_json("--from-json", args.from_json)
     if args.model is not None:
-        if not Path(args.model).is_dir():
-            raise UsageError(f"--model {args.model}: not a folder (expected a diffusers folder like the bundled one)")
+        parts = ("unet", "text_encoder", "tokenizer", "scheduler")
+        missing = [part for part in parts if not (Path(args.model) / part).is_dir()]
+        if missing:
+            raise UsageError(
+                f"--model {args.model}: not a diffusers folder like the bundled one ({', '.join(parts)}; "
+                f"missing {', '.join(missing)})"
+            )
         _check_diffusers_folder("--model", Path(args.model), index=False)
 
 
