@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from zigzag_kdiff.cli import COMMAND_EXTRAS, DEFAULT_PROMPTS, OTHER_DEFAULT_PROMPTS, main
 
-ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = [[], ["bench"], ["compare"], ["replicate"]]
 
 

@@ -99,9 +99,10 @@ def distributions_of(module: str) -> frozenset[str]:
 
 
 def _guarded(handler: ast.ExceptHandler) -> bool:
-    names = {ast.unparse(t) for t in ([handler.type] if handler.type else [])}
-    names |= {ast.unparse(e) for t in ([handler.type] if handler.type else []) if isinstance(t, ast.Tuple) for e in t.elts}
-    return bool(names & {"ImportError", "ModuleNotFoundError"})
+    if handler.type is None:
+        return False
+    types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(ast.unparse(t) in {"ImportError", "ModuleNotFoundError"} for t in types)
 
 
 def _imports(tree: ast.AST, package: str) -> list[tuple[str, bool]]:
@@ -202,7 +203,8 @@ def _sections(page: Path) -> list[tuple[str, str, set[str]]]:
 
 
 def _examples() -> list[tuple[str, str, tuple[str, ...], set[str], Path | None]]:
-    """``(where, code, start modules, extras, the script's folder)`` for every python block, ``zigzag-kdiff`` and ``python x.py`` command."""
+    """``(where, code, start modules, extras, the script's folder)`` for every python block, ``zigzag-kdiff``
+    command and ``python x.py`` command."""
     found = []
     for page in PAGES:
         for heading, text, extras in _sections(page):
