@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from zigzag_kdiff.cli import COMMAND_EXTRAS, DEFAULT_PROMPTS, OTHER_DEFAULT_PROMPTS, main
 
+ROOT = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = [[], ["bench"], ["compare"], ["replicate"]]
 
 
@@ -87,7 +89,10 @@ MISTYPED = [
     (["bench", "shapes", "--from-json", "nosuch.json"], "--from-json"),
     (["bench", "shapes", "--model", "not-a-model", "--quick"], "--model"),
     (["bench", "gmm", "--out", "a-file.txt"], "--out"),
-    (["bench", "fast"], "which"),
+    (["bench", "fast"], "BENCHMARK"),
+    (["bench", "shapes-dpmpp", "--from-json", str(ROOT / "results" / "shapes" / "shapes.json")], "--from-json"),
+    (["bench", "shapes", "--from-json", str(ROOT / "results" / "convergence" / "shapes_dpmpp.json")], "--from-json"),
+    (["bench", "shapes", "--from-json", "a-file.txt"], "--from-json"),
     (["replicate", "nosuch.json", "nosuch.json"], "reference"),
     (["replicate", "a-file.txt", "a-file.txt"], "reference"),
     (["replicate", "--worst", "-1", "a", "b"], "--worst"),

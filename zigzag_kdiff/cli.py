@@ -306,6 +306,17 @@ def _check_bench(args: argparse.Namespace) -> None:
         _check_diffusers_folder("--model", Path(args.model), index=False)
 
 
+def _stored(load: Callable[[str], Any], args: argparse.Namespace) -> Any:
+    """``load(--from-json)``; a JSON of another benchmark (or damaged) is a :class:`UsageError`."""
+    try:
+        return load(args.from_json)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UsageError(
+            f"--from-json {args.from_json}: not the JSON that bench {args.which} --out writes "
+            f"({'shapes.json or seg.json' if args.which == 'shapes' else 'shapes_dpmpp.json'})"
+        ) from None
+
+
 def _bench(args: argparse.Namespace) -> int:
     _check_bench(args)
     if args.which == "cost":
@@ -331,7 +342,7 @@ def _bench(args: argparse.Namespace) -> int:
         config = bench_shapes.QUICK if args.quick else bench_shapes.Config()
         start = time.perf_counter()
         if args.from_json:  # re-render tables and plots from stored per-image outcomes
-            results, config = bench_shapes.load_json(args.from_json)
+            results, config = _stored(bench_shapes.load_json, args)
         if args.model:
             config = bench_shapes.replace(config, model=args.model)
         if args.threads:
@@ -372,7 +383,7 @@ def _bench_convergence(args: argparse.Namespace) -> None:
             threads=args.threads,
         )
         if args.from_json:  # re-render the table and plot from stored per-image outcomes
-            runs, config = bc.load_shapes_json(args.from_json)
+            runs, config = _stored(bc.load_shapes_json, args)
         else:
             runs = bc.run_shapes_dpmpp(config, log=log)
         print(bc.format_shapes_dpmpp(runs, config))
@@ -597,11 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="benchmarks that print tables")
     bench.add_argument(
         "which",
+        metavar="BENCHMARK",
         choices=["cost", "gmm", "shapes", "convergence", "shapes-dpmpp"],
         help="cost: model calls, batch rows and wall time per sampler; gmm: Z-Sampling vs a CFG sweep on exact "
         "Gaussian mixtures; shapes: the same on the bundled text-to-image model with a rule checker; "
         "convergence: error to the T → ∞ limit per step rule and matched adherence against DPM++ 2M (GMMs); "
-        "shapes-dpmpp: zigzag DPM++ 2M against DPM++ 2M on the bundled model, paired",
+        "shapes-dpmpp: zigzag DPM++ 2M against DPM++ 2M on the bundled model, paired (one of cost, gmm, shapes, "
+        "convergence, shapes-dpmpp)",
     )
     bench.add_argument("--steps", type=positive_int, default=50, help="cost: sampling steps T, >= 1 (default 50)")
     bench.add_argument(
