@@ -23,5 +23,6 @@ def test_host_metadata_and_changelog_carry_the_package_version():
     assert webui.get("Extension", "Version") == version
     assert webui.get("Extension", "Name") == "zigzag-kdiff"  # A1111/Forge's canonical extension name
     headings = re.findall(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), flags=re.M)
-    assert headings[0] == version, "the newest CHANGELOG.md entry is the package version"
+    released = headings[1] if headings[0] == "Unreleased" else headings[0]  # changes not yet in a version come first
+    assert released == version, "the newest CHANGELOG.md version entry is the package version"
     assert "version = attr: zigzag_kdiff.__version__" in (ROOT / "setup.cfg").read_text()
