@@ -105,13 +105,13 @@ def test_a_saved_folder_round_trips_through_the_cli(tmp_path):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--cfg", "3", "--inversion-scale", "4"], "inversion_scale"),
-        (["--steps", "4", "--zigzag-steps", "4"], r"zigzag_steps \(λ\) must be in \[0, 3\]"),
-        (["--methods", "euler,heun"], "methods must be"),
+        (["--cfg", "3", "--inversion-scale", "4"], r"--inversion-scale \(γ₂\) must be <= --cfg"),
+        (["--steps", "4", "--zigzag-steps", "4"], r"--zigzag-steps \(λ\) must be in \[0, 3\]"),
+        (["--methods", "euler,heun"], "--methods must be"),
         (["--model", "someone/some-model"], "needs network access"),
         (["--model", "model.ckpt"], "only .safetensors"),
-        (["--threads", "0"], "threads must be >= 1"),
-        (["--guidance-interval", "5", "1"], "sigma_low <= sigma_high"),
+        (["--threads", "0"], "argument --threads: must be an integer >= 1"),
+        (["--guidance-interval", "5", "1"], "--guidance-interval must have sigma_low <= sigma_high"),
     ],
 )
 def test_bad_settings_fail_fast_with_one_clear_line(tmp_path, monkeypatch, capsys, extra, message):

@@ -111,10 +111,10 @@ def test_compare_seg_methods_and_flags(tmp_path):
 @pytest.mark.parametrize(
     "flags,match",
     [
-        (["--seg-scale", "-1"], "seg_scale must be"),
-        (["--seg-blur-sigma", "0"], "seg_blur_sigma must be > 0"),
-        (["--seg-layers", "middle"], "unknown layer name 'middle'"),
-        (["--seg-interval", "3", "1"], "seg_interval must have sigma_low <= sigma_high"),
+        (["--seg-scale", "-1"], "argument --seg-scale: must be a finite number >= 0"),
+        (["--seg-blur-sigma", "0"], "argument --seg-blur-sigma: must be a number > 0"),
+        (["--seg-layers", "middle"], "--seg-layers has an unknown layer name 'middle'"),
+        (["--seg-interval", "3", "1"], "--seg-interval must have sigma_low <= sigma_high"),
     ],
 )
 def test_compare_rejects_bad_seg_flags_before_loading_a_model(flags, match, capsys, tmp_path):

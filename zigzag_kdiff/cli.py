@@ -1,18 +1,324 @@
-"""The ``zigzag-kdiff`` command."""
+"""The ``zigzag-kdiff`` command.
+
+Every input is checked before a model loads, in one place each: single values by the argument types below
+(shared by all subcommands), combinations, files, folders and the device by the ``_check_*`` functions right
+after parsing, the optional dependencies a command needs by :func:`require_extras`. A bad input, a missing
+optional dependency or a model file that cannot be read ends the command with one line,
+``zigzag-kdiff <command>: error: <flag> ...`` naming the flag and what it allows, and exit status 2 (:func:`main`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import math
+import re
 import sys
+import textwrap
 import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+MAX_SEED = 2**64 - 1
+"""Seeds are 0 … 2⁶⁴ − 1, as in the webuis and ComfyUI (A1111 reads −1 as "random")."""
+
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "kdiffusion": ("k_diffusion", "torchvision"),
+    "diffusers": ("diffusers", "transformers", "safetensors", "PIL"),
+    "bench": ("scipy", "matplotlib"),
+}
+"""The optional extras of setup.cfg and the top-level modules of each that the commands import."""
+
+COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
+    "compare": ("kdiffusion", "diffusers"),
+    "bench cost": ("kdiffusion", "diffusers", "bench"),
+    "bench gmm": ("kdiffusion", "diffusers", "bench"),
+    "bench shapes": ("kdiffusion", "diffusers", "bench"),
+    "bench convergence": ("kdiffusion", "diffusers", "bench"),
+    "bench shapes-dpmpp": ("kdiffusion", "diffusers", "bench"),
+    "replicate": (),
+}
+"""The extras each command needs (tests/test_extras.py checks them against the code each command imports)."""
+
+
+class UsageError(ValueError):
+    """A command-line input the command cannot use; the message starts with the flag's name."""
+
+
+# --- argument types: one per kind of value, shared by every subcommand -------------------------------------------
+
+
+def _number(text: str, kind: Callable[[str], Any], rule: str, ok: Callable[[Any], bool]) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (steps, repeats, seeds to run, threads, pixels)."""
+    return _number(text, int, "an integer >= 1", lambda v: v >= 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (λ, T_max, a count to list)."""
+    return _number(text, int, "an integer >= 0", lambda v: v >= 0)
+
+
+def seed(text: str) -> int:
+    """A seed: an integer in 0 … 2⁶⁴ − 1."""
+    return _number(text, int, f"an integer seed in [0, {MAX_SEED}] (2^64 - 1)", lambda v: 0 <= v <= MAX_SEED)
+
+
+def finite_float(text: str) -> float:
+    """A finite number (a CFG scale)."""
+    return _number(text, float, "a finite number", math.isfinite)
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (a SEG scale)."""
+    return _number(text, float, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+
+
+def positive_float(text: str) -> float:
+    """A number > 0, inf allowed (a blur sigma)."""
+    return _number(text, float, "a number > 0", lambda v: v > 0)
+
+
+def sigma(text: str) -> float:
+    """A noise level for an interval bound: >= 0, inf allowed."""
+    return _number(text, float, "a noise level >= 0 (inf allowed)", lambda v: v >= 0)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, without breaking lines at hyphens (``tiny-sd15`` stays one word)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block above them) and help text wrapped at spaces only."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- checks after parsing, before anything is loaded ---------------------------------------------------------------
+
+
+def model_names() -> list[str]:
+    """Every ``--model`` name: the bundled models, then the tiny random-weight pipelines (from their registries)."""
+    from .diffusers import BUNDLED_MODELS, TINY_MODELS
+
+    return [*BUNDLED_MODELS, *TINY_MODELS]
+
+
+def _check_safetensors(flag: str, path: Path) -> None:
+    """The file's header reads as safetensors and its tensors fill the file exactly (nothing is loaded)."""
+    problem = f"{flag} {path}: not a readable .safetensors file (damaged header or truncated data)"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 0 < length <= size - 8:
+            raise UsageError(problem)
+        try:
+            header = json.loads(f.read(length))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise UsageError(problem) from None
+    if max(ends, default=0) != size - 8 - length:
+        raise UsageError(problem)
+
+
+def _check_diffusers_folder(flag: str, path: Path, index: bool = True) -> None:
+    """A diffusers folder: ``model_index.json`` (``index``) and readable safetensors files."""
+    index_file = path / "model_index.json"
+    if index and not index_file.is_file():
+        raise UsageError(f"{flag} {path}: a folder without model_index.json, so not a diffusers model folder")
+    if index:
+        try:
+            json.loads(index_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise UsageError(f"{flag} {path}: its model_index.json is not valid JSON") from None
+    for weights in sorted(path.glob("*/*.safetensors")):
+        _check_safetensors(flag, weights)
+
+
+def _check_model(model: str, config: str | None) -> None:
+    """``--model`` (and ``--model-config``) before loading: a name, a diffusers folder, a safetensors file, a hub id."""
+    names = model_names()
+    path = Path(model).expanduser()
+    if model in names:
+        pass
+    elif path.is_dir():
+        _check_diffusers_folder("--model", path)
+    elif path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise UsageError(
+                f"--model {model}: only .safetensors single-file checkpoints are loaded (.ckpt/.pt/.bin files are "
+                "pickles, which can run code when loaded); convert it to safetensors first"
+            )
+        _check_safetensors("--model", path)
+    elif not (re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not model.startswith((".", "~"))):
+        raise UsageError(
+            f"--model {model}: no such folder or file; expected a local diffusers folder, a .safetensors file, "
+            f"a hub id owner/name, or one of {', '.join(names)}"
+        )
+    if config is not None:
+        if not Path(config).expanduser().is_dir():
+            raise UsageError(f"--model-config {config}: not a folder (expected a local diffusers folder)")
+        _check_diffusers_folder("--model-config", Path(config).expanduser())
+
+
+def _check_device(name: str) -> None:
+    """``--device``: a torch device that exists on this machine."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cpu":
+        return
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    available = bool(backend is not None and backend.is_available())
+    if not available:
+        raise UsageError(f"--device {name}: no {device.type} device is available to torch here; use --device cpu")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if device.index is not None and device.index >= count:
+        raise UsageError(f"--device {name}: this machine has {count} {device.type} device(s), indices 0 to {count - 1}")
+
+
+def _check_out(flag: str, out: str | None) -> None:
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise UsageError(f"{flag} {out}: a file, not a folder")
+
+
+def _check_json(flag: str, path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise UsageError(f"{flag} {path}: not a readable JSON file written by bench --out") from None
+
+
+PARAMETER_FLAGS = {
+    "height and width": "--height and --width",
+    "cfg_scale": "--cfg",
+    "inversion_scale": "--inversion-scale",
+    "zigzag_steps": "--zigzag-steps",
+    "zigzag_rounds": "--zigzag-rounds",
+    "ddim_update": "--ddim-update",
+    "guidance_interval": "--guidance-interval",
+    "seg_interval": "--seg-interval",
+    "seg_scale": "--seg-scale",
+    "seg_blur_sigma": "--seg-blur-sigma",
+    "seg_applied_layers": "--seg-layers",
+    "seg_layers": "--seg-layers",
+    "negative_prompt": "--negative-prompt",
+    "methods": "--methods",
+    "schedule": "--schedule",
+    "prompts": "--prompt",
+    "seeds": "--seeds",
+    "steps": "--steps",
+    "width": "--width",
+    "height": "--height",
+}
+"""``compare``'s flags by the parameter names the library's ValueErrors use."""
+
+
+def with_flag_names(message: str) -> str:
+    """A library ValueError's message with its parameter names spelled as ``compare``'s flags."""
+    names = "|".join(re.escape(name) for name in PARAMETER_FLAGS)
+    return re.sub(rf"(?<![\w-])({names})(?![\w-])", lambda m: PARAMETER_FLAGS[m.group(1)], message)
+
+
+def require_extras(command: str) -> None:
+    """Raise :class:`UsageError` naming the extra to install if a module a command needs is missing."""
+    for extra in COMMAND_EXTRAS.get(command, ()):
+        missing = [module for module in EXTRAS[extra] if importlib.util.find_spec(module) is None]
+        if missing:
+            raise UsageError(f'{command} needs {", ".join(missing)}: pip install "zigzag-kdiff[{extra}]"')
+
+
+def _missing_extra(error: ModuleNotFoundError) -> str | None:
+    top = (error.name or "").split(".")[0]
+    return next((extra for extra, modules in EXTRAS.items() if top in modules), None)
+
+
+@contextmanager
+def dependency_noise_silenced(libraries: Sequence[str] = ("diffusers", "transformers")) -> Iterator[None]:
+    """Hide what the dependencies print because of how this command uses them: diffusers' ``torch_dtype``
+    deprecation (the pipelines the project supports take ``torch_dtype``), CLIP's ``pkg_resources`` warning
+    (k-diffusion imports CLIP) and the model-loading progress bars of diffusers and transformers. Restored on exit."""
+    restore = []
+    for name in libraries:
+        if importlib.util.find_spec(name) is not None:
+            try:
+                logging = importlib.import_module(f"{name}.utils.logging")
+            except ImportError:
+                continue
+            if logging.is_progress_bar_enabled():
+                logging.disable_progress_bar()
+                restore.append(logging.enable_progress_bar)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch_dtype` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated", category=UserWarning)
+        try:
+            yield
+        finally:
+            for enable in restore:
+                enable()
+
+
+# --- the commands ----------------------------------------------------------------------------------------------------
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _check_bench(args: argparse.Namespace) -> None:
+    _check_out("--out", args.out)
+    _check_json("--from-json", args.from_json)
+    if args.model is not None:
+        parts = ("unet", "text_encoder", "tokenizer", "scheduler")
+        missing = [part for part in parts if not (Path(args.model) / part).is_dir()]
+        if missing:
+            raise UsageError(
+                f"--model {args.model}: not a diffusers folder like the bundled one ({', '.join(parts)}; "
+                f"missing {', '.join(missing)})"
+            )
+        _check_diffusers_folder("--model", Path(args.model), index=False)
+
+
+def _stored(load: Callable[[str], Any], args: argparse.Namespace) -> Any:
+    """``load(--from-json)``; a JSON of another benchmark (or damaged) is a :class:`UsageError`."""
+    try:
+        return load(args.from_json)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise UsageError(
+            f"--from-json {args.from_json}: not the JSON that bench {args.which} --out writes "
+            f"({'shapes.json or seg.json' if args.which == 'shapes' else 'shapes_dpmpp.json'})"
+        ) from None
+
+
 def _bench(args: argparse.Namespace) -> int:
+    _check_bench(args)
     if args.which == "cost":
         from .bench.common import format_cost, run_cost
 
@@ -36,7 +342,7 @@ def _bench(args: argparse.Namespace) -> int:
         config = bench_shapes.QUICK if args.quick else bench_shapes.Config()
         start = time.perf_counter()
         if args.from_json:  # re-render tables and plots from stored per-image outcomes
-            results, config = bench_shapes.load_json(args.from_json)
+            results, config = _stored(bench_shapes.load_json, args)
         if args.model:
             config = bench_shapes.replace(config, model=args.model)
         if args.threads:
@@ -82,7 +388,7 @@ def _bench_convergence(args: argparse.Namespace) -> None:
             threads=args.threads,
         )
         if args.from_json:  # re-render the table and plot from stored per-image outcomes
-            runs, config = bc.load_shapes_json(args.from_json)
+            runs, config = _stored(bc.load_shapes_json, args)
         else:
             runs = bc.run_shapes_dpmpp(config, log=log)
         print(bc.format_shapes_dpmpp(runs, config))
@@ -95,9 +401,10 @@ def _bench_convergence(args: argparse.Namespace) -> None:
 def _replicate(args: argparse.Namespace) -> int:
     from .bench.replicate import compare_files, format_pairs
 
-    for path in (args.reference, args.replicate):
+    for flag, path in (("reference", args.reference), ("replicate", args.replicate)):
         if not Path(path).is_file():
-            raise ValueError(f"reference and replicate must be JSON files written by bench --out, got {path}")
+            raise UsageError(f"{flag} {path}: no such file (expected a JSON file written by bench --out)")
+        _check_json(flag, path)
     pairs = compare_files(args.reference, args.replicate)
     print(format_pairs(pairs, args.worst))
     return 0 if pairs else 1
@@ -111,15 +418,20 @@ def _torch_dtype(name: str, device: str) -> object:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def _compare(args: argparse.Namespace) -> int:
-    import torch
+DEFAULT_PROMPTS = {"shapes": ["two red squares on the left", "three blue squares at the top"]}
+"""``compare``'s prompts when none is given, per model (two of the shapes task's 72 prompts)."""
+OTHER_DEFAULT_PROMPTS = ["A small yellow dog."]
+"""``compare``'s prompt for a model not in :data:`DEFAULT_PROMPTS` (one of the released code's prompts)."""
 
-    from .compare import CompareSettings, default_threads, run_compare
-    from .diffusers import load_pipeline
 
+def _compare_settings(args: argparse.Namespace) -> Any:
+    """The settings from the flags, checked (flags named in every error), before any model is loaded."""
+    from .compare import CompareSettings
+
+    _check_out("--out", args.out)
     settings = CompareSettings(
         model=args.model,
-        prompts=args.prompt or DEFAULT_PROMPTS.get(args.model, ["A small yellow dog."]),
+        prompts=args.prompt or DEFAULT_PROMPTS.get(args.model, OTHER_DEFAULT_PROMPTS),
         negative_prompt=args.negative_prompt,
         steps=args.steps,
         cfg_scale=args.cfg,
@@ -138,36 +450,57 @@ def _compare(args: argparse.Namespace) -> int:
         seg_layers=[n.strip() for n in args.seg_layers.split(",") if n.strip()],
         seg_interval=tuple(args.seg_interval) if args.seg_interval else None,
     )
-    settings.validate()  # before loading a model
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"threads must be >= 1, got {args.threads}")
+    try:
+        settings.validate()
+    except ValueError as error:
+        raise UsageError(with_flag_names(str(error))) from None
+    _check_model(args.model, args.model_config)
+    if args.device is not None:
+        _check_device(args.device)
+    return settings
+
+
+def _compare(args: argparse.Namespace) -> int:
+    settings = _compare_settings(args)  # before loading a model
+    import torch
+
+    from .compare import default_threads, run_compare
+    from .diffusers import load_pipeline
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     threads = args.threads if args.threads is not None else default_threads(args.model, device)
     if threads is not None:
         torch.set_num_threads(threads)
     dtype = _torch_dtype(args.dtype, device)
-    pipe = load_pipeline(args.model, device=device, dtype=dtype, config=args.model_config)
-    summary = run_compare(
-        pipe, settings, args.out, progress=not args.quiet, device=device, dtype=str(dtype), threads=threads
-    )
+    try:
+        pipe = load_pipeline(args.model, device=device, dtype=dtype, config=args.model_config)
+    except OSError as error:  # a diffusers folder with a missing or unreadable component
+        raise UsageError(f"--model {args.model}: cannot be loaded: {str(error).splitlines()[0]}") from None
+    try:
+        summary = run_compare(
+            pipe, settings, args.out, progress=not args.quiet, device=device, dtype=str(dtype), threads=threads
+        )
+    except ValueError as error:  # the size or the SEG layers against this model, before the first image
+        raise UsageError(with_flag_names(str(error))) from None
     print(f"{'method':<28} {'model calls':>11} {'UNet rows':>9} {'s/image':>8}")
     for method in summary["methods"]:
         print(
             f"{method['label']:<28} {method['model_calls_per_image']:>11} {method['batch_rows_per_image']:>9} "
             f"{method['mean_wall_seconds_per_image']:>8.2f}"
         )
-    print(f"wrote {len(summary['images'])} images, grid.png and compare.json to {args.out}")
+    images = len(summary["images"])
+    replaced = summary.get("replaced", 0)
+    note = f" (replacing {replaced} file{'s' * (replaced != 1)} of an earlier run)" if replaced else ""
+    print(f"wrote {images} image{'s' * (images != 1)}, grid.png and compare.json to {args.out}{note}")
     return 0
-
-
-DEFAULT_PROMPTS = {"shapes": ["two red squares on the left", "three blue squares at the top"]}
-"""``compare``'s prompts when none is given, per model (others: one of the released code's prompts)."""
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
     from .compare import METHODS, SEG_METHODS
+    from .diffusers import BUNDLED_MODELS, SCHEDULES, TINY_MODELS
 
-    schedules = ("ddim", "karras", "exponential", "model")  # zigzag_kdiff.diffusers.SCHEDULES
+    default_model = "shapes"
+    shapes_prompts = ", ".join(f"'{p}'" for p in DEFAULT_PROMPTS[default_model])
     compare = commands.add_parser(
         "compare",
         help="the same prompts and seeds through Euler, DPM++ 2M, Z-Sampling and matched-strength CFG",
@@ -176,36 +509,60 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     )
     compare.add_argument(
         "--model",
-        default="shapes",
-        help="local diffusers folder, single-file .safetensors, hub id (needs network), shapes (the bundled "
-        "trained 16×16 model, default), or tiny / tiny-sd2-v / tiny-sdxl / tiny-sd3 / tiny-sd3-no-t5 / tiny-flux / "
-        "tiny-flux-schnell (tiny random-weight pipelines)",
+        default=default_model,
+        help="a local diffusers folder, a single-file .safetensors, a hub id owner/name (needs network), a bundled "
+        f"model: {', '.join(BUNDLED_MODELS)} (default {default_model}: the trained 16×16 shapes model), or a tiny "
+        f"random-weight pipeline: {', '.join(TINY_MODELS)}",
     )
     compare.add_argument("--model-config", help="for a single-file checkpoint offline: a local diffusers folder")
-    compare.add_argument("--prompt", action="append", help="a prompt (repeat for several; default: a released one)")
-    compare.add_argument("--negative-prompt", help="negative prompt (default: none; SDXL then uses zero embeddings)")
-    compare.add_argument("--steps", type=int, default=30, help="sampling steps T (default 30)")
-    compare.add_argument("--cfg", type=float, default=5.5, help="γ₁, CFG scale of denoising calls (default 5.5)")
     compare.add_argument(
-        "--inversion-scale", type=float, default=0.0, help="γ₂, CFG scale of inversion calls (default 0: uncond)"
+        "--prompt",
+        action="append",
+        help=f"a prompt (repeat for several; default: {shapes_prompts} for shapes, "
+        f"'{OTHER_DEFAULT_PROMPTS[0]}' for the other models)",
     )
-    compare.add_argument("--zigzag-steps", type=int, help="λ, zigzag on the first λ steps (default steps − 1)")
-    compare.add_argument("--zigzag-rounds", type=int, default=1, help="T_max, zigzag rounds per step (default 1)")
+    compare.add_argument("--negative-prompt", help="negative prompt (default: none; SDXL then uses zero embeddings)")
+    compare.add_argument("--steps", type=positive_int, default=30, help="sampling steps T, >= 1 (default 30)")
+    compare.add_argument("--cfg", type=finite_float, default=5.5, help="γ₁, CFG scale of denoising calls (default 5.5)")
+    compare.add_argument(
+        "--inversion-scale",
+        type=finite_float,
+        default=0.0,
+        help="γ₂, CFG scale of inversion calls, <= γ₁ (default 0: uncond)",
+    )
+    compare.add_argument(
+        "--zigzag-steps", type=non_negative_int, help="λ, zigzag on the first λ steps, 0 … T − 1 (default T − 1)"
+    )
+    compare.add_argument(
+        "--zigzag-rounds", type=non_negative_int, default=1, help="T_max, zigzag rounds per step, >= 0 (default 1)"
+    )
     compare.add_argument(
         "--ddim-update", choices=("paper", "released"), default="paper", help="inversion update of Z-Sampling (DDIM)"
     )
-    compare.add_argument("--schedule", choices=schedules, default="karras", help="sigma schedule (default karras)")
+    compare.add_argument("--schedule", choices=SCHEDULES, default="karras", help="sigma schedule (default karras)")
     compare.add_argument(
         "--guidance-interval",
         nargs=2,
-        type=float,
+        type=sigma,
         metavar=("SIGMA_LOW", "SIGMA_HIGH"),
-        help="CFG (and zigzag) only for sigma in [low, high]; high may be inf",
+        help="CFG (and zigzag) only for sigma in [low, high], 0 <= low <= high; high may be inf",
     )
-    compare.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds, one grid row each (default 0)")
-    compare.add_argument("--width", type=int, help="image width in pixels (default: the model's)")
-    compare.add_argument("--height", type=int, help="image height in pixels (default: the model's)")
-    compare.add_argument("--device", help="cuda, cpu, … (default: cuda if available)")
+    compare.add_argument(
+        "--seeds",
+        type=seed,
+        nargs="+",
+        default=[0],
+        help=f"seeds, each once, 0 … {MAX_SEED}; one grid row each (default 0)",
+    )
+    compare.add_argument(
+        "--width", type=positive_int, help="image width in pixels, a multiple of the model's factor (default: its own)"
+    )
+    compare.add_argument(
+        "--height",
+        type=positive_int,
+        help="image height in pixels, a multiple of the model's factor (default: its own)",
+    )
+    compare.add_argument("--device", help="cuda, cuda:1, cpu, mps, … (default: cuda if available)")
     compare.add_argument(
         "--dtype",
         choices=("auto", "float32", "float16", "bfloat16"),
@@ -215,12 +572,14 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS + SEG_METHODS)}"
     )
-    compare.add_argument("--seg-scale", type=float, default=3.0, help="SEG methods: SEG scale (default 3)")
+    compare.add_argument(
+        "--seg-scale", type=non_negative_float, default=3.0, help="SEG methods: SEG scale, >= 0 (default 3)"
+    )
     compare.add_argument(
         "--seg-blur-sigma",
-        type=float,
+        type=positive_float,
         default=9999999.0,
-        help="SEG methods: query blur sigma; > 9999 is the infinite blur (default 9999999)",
+        help="SEG methods: query blur sigma, > 0; > 9999 is the infinite blur (default 9999999)",
     )
     compare.add_argument(
         "--seg-layers", default="mid", help="SEG methods: comma list of down, mid, up or d0, m0, u5, … (default mid)"
@@ -228,15 +587,20 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--seg-interval",
         nargs=2,
-        type=float,
+        type=sigma,
         metavar=("SIGMA_LOW", "SIGMA_HIGH"),
         help="SEG methods: the blurred pass only for sigma in [low, high]",
     )
-    compare.add_argument("--out", default="compare-out", help="output folder (default compare-out)")
+    compare.add_argument(
+        "--out",
+        default="compare-out",
+        help="output folder (default compare-out); the files an earlier compare wrote there are replaced, "
+        "other files are left alone",
+    )
     compare.add_argument(
         "--threads",
-        type=int,
-        help="CPU threads for torch (default on CPU: 1 for the bundled and tiny models, else half the cores, "
+        type=positive_int,
+        help="CPU threads for torch, >= 1 (default on CPU: 1 for the bundled and tiny models, else half the cores, "
         "at most 4; on an accelerator: torch's default)",
     )
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -244,29 +608,35 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zigzag-kdiff", description="Z-Sampling for k-diffusion and its hosts.")
+    parser = _Parser(prog="zigzag-kdiff", description="Z-Sampling for k-diffusion and its hosts.")
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser("bench", help="benchmarks that print tables")
     bench.add_argument(
         "which",
+        metavar="BENCHMARK",
         choices=["cost", "gmm", "shapes", "convergence", "shapes-dpmpp"],
         help="cost: model calls, batch rows and wall time per sampler; gmm: Z-Sampling vs a CFG sweep on exact "
         "Gaussian mixtures; shapes: the same on the bundled text-to-image model with a rule checker; "
         "convergence: error to the T → ∞ limit per step rule and matched adherence against DPM++ 2M (GMMs); "
-        "shapes-dpmpp: zigzag DPM++ 2M against DPM++ 2M on the bundled model, paired",
+        "shapes-dpmpp: zigzag DPM++ 2M against DPM++ 2M on the bundled model, paired (one of cost, gmm, shapes, "
+        "convergence, shapes-dpmpp)",
     )
-    bench.add_argument("--steps", type=int, default=50, help="cost: sampling steps T (default 50)")
-    bench.add_argument("--repeats", type=int, default=3, help="cost: interleaved repetitions, median (default 3)")
+    bench.add_argument("--steps", type=positive_int, default=50, help="cost: sampling steps T, >= 1 (default 50)")
+    bench.add_argument(
+        "--repeats", type=positive_int, default=3, help="cost: interleaved repetitions, median, >= 1 (default 3)"
+    )
     bench.add_argument("--quick", action="store_true", help="gmm/shapes: the small CI configuration")
     bench.add_argument("--out", help="gmm/shapes: also write markdown, JSON and plots into this folder")
     bench.add_argument("--model", help="shapes: a diffusers folder (default: the bundled shapes16 model)")
-    bench.add_argument("--threads", type=int, help="shapes: torch threads (default 1: fastest on a busy machine)")
+    bench.add_argument(
+        "--threads", type=positive_int, help="shapes: torch threads, >= 1 (default 1: fastest on a busy machine)"
+    )
     bench.add_argument(
         "--from-json", help="shapes/shapes-dpmpp: re-render the tables and plots of a stored shapes(_dpmpp).json"
     )
     bench.add_argument(
         "--first-seed",
-        type=int,
+        type=seed,
         help="gmm/shapes: first seed (default 0); another range: an independent replicate",
     )
     bench.add_argument(
@@ -274,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="shapes: the Smoothed Energy Guidance methods (alone, with CFG, with Z-Sampling) instead of the main run",
     )
-    bench.add_argument("--seeds", type=int, help="shapes: number of seeds (default 20; --quick 2)")
+    bench.add_argument("--seeds", type=positive_int, help="shapes: number of seeds, >= 1 (default 20; --quick 2)")
     bench.add_argument(
         "--flow",
         action="store_true",
@@ -286,23 +656,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(commands)
     replicate = commands.add_parser(
         "replicate",
-        help="does a gmm/shapes benchmark JSON reproduce another within its 95 % confidence intervals?",
+        help="does a gmm/shapes benchmark JSON reproduce another within its 95 %% confidence intervals?",
     )
     replicate.add_argument("reference", help="the committed run's JSON (e.g. results/shapes/shapes.json)")
     replicate.add_argument("replicate", help="the new run's JSON (a rerun, or other seeds with --first-seed)")
-    replicate.add_argument("--worst", type=int, default=10, help="list this many least consistent estimates")
+    replicate.add_argument(
+        "--worst", type=non_negative_int, default=10, help="list this many least consistent estimates (default 10)"
+    )
     replicate.set_defaults(run=_replicate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; returns the exit status (2 with one ``error:`` line for any input it cannot use)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.run(args)
-    except ValueError as error:  # bad settings or an unusable --model: one clear line, no traceback
-        print(f"zigzag-kdiff {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help (0) or a value the argument types refuse (2, one line printed)
+        return exit.code if isinstance(exit.code, int) else 2
+    command = f"{args.command} {args.which}" if args.command == "bench" else args.command
+    try:
+        require_extras(command)
+        libraries = ("diffusers", "transformers") if "diffusers" in COMMAND_EXTRAS[command] else ()
+        with dependency_noise_silenced(libraries):
+            return args.run(args)
+    except ModuleNotFoundError as error:  # an optional dependency a command needs is missing
+        extra = _missing_extra(error)
+        if extra is None:
+            raise
+        message = f'{command} needs {error.name}: pip install "zigzag-kdiff[{extra}]"'
+    except ValueError as error:  # a bad setting or an unusable --model: one clear line, no traceback
+        message = str(error)
+    print(f"zigzag-kdiff {args.command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import textwrap
 import time
 from dataclasses import asdict, dataclass, field
@@ -81,6 +83,11 @@ class CompareSettings:
             )
         if not self.prompts or not self.seeds:
             raise ValueError("prompts and seeds must not be empty")
+        if not all(isinstance(s, int) and 0 <= s < 2**64 for s in self.seeds) or len(set(self.seeds)) < len(self.seeds):
+            raise ValueError(f"seeds must be distinct integers in [0, 2^64 - 1] (each names images), got {self.seeds}")
+        for name, size in (("width", self.width), ("height", self.height)):
+            if size is not None and not (isinstance(size, int) and size > 0):
+                raise ValueError(f"{name} must be a positive integer (a multiple of the model's factor), got {size!r}")
         GuidanceInterval.parse(self.guidance_interval)  # raises for low > high, negative or NaN bounds
         if self.ddim_update not in ("paper", "released"):
             raise ValueError(f"ddim_update must be 'paper' or 'released', got {self.ddim_update!r}")
@@ -176,9 +183,11 @@ def default_threads(model: str, device: str) -> int | None:
     """torch's CPU threads when ``--threads`` is not given. On a CPU: 1 for the bundled and tiny models (their
     layers are too small to split; extra threads only contend on a busy machine), else half the cores, at
     most 4. ``None`` on an accelerator: torch's default."""
+    from .diffusers import BUNDLED_MODELS, TINY_MODELS
+
     if not device.startswith("cpu"):
         return None
-    if model == "shapes" or model.startswith("tiny"):
+    if model in BUNDLED_MODELS or model in TINY_MODELS:
         return 1
     return max(1, min(4, (os.cpu_count() or 1) // 2))
 
@@ -296,6 +305,24 @@ def make_grid(tiles: list[list[Any]], column_labels: list[str], row_labels: list
     return grid
 
 
+IMAGE_NAME = re.compile(r"p\d{2,}-seed\d+-[a-z0-9_]+\.png")
+"""The name of every image ``compare`` writes: ``p<prompt index>-seed<seed>-<method key>.png``."""
+
+
+def earlier_outputs(out: Path) -> list[Path]:
+    """The files an earlier ``compare`` wrote into ``out``: the images its ``compare.json`` lists, every file named
+    as compare names its images (:data:`IMAGE_NAME`), ``grid.png`` and ``compare.json``. Nothing else."""
+    if not out.is_dir():
+        return []
+    names = {"grid.png", "compare.json"} | {p.name for p in out.iterdir() if IMAGE_NAME.fullmatch(p.name)}
+    try:
+        listed = json.loads((out / "compare.json").read_text(encoding="utf-8")).get("images", [])
+        names |= {Path(str(r["file"])).name for r in listed if isinstance(r, dict) and "file" in r}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return sorted(path for name in names if (path := out / name).is_file())
+
+
 def run_compare(
     pipe: Any,
     settings: CompareSettings,
@@ -307,14 +334,48 @@ def run_compare(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Generate every (prompt, seed, method) image, write PNGs, ``grid.png`` and ``compare.json``;
-    return the JSON's content."""
+    return the JSON's content (``replaced``: how many files of an earlier run in the folder it replaced).
+
+    Seeds must be distinct (each names its images). The images are written into a hidden folder inside
+    ``out_dir`` first; only when all are done are the files of an earlier run there (:func:`earlier_outputs`)
+    removed and the new ones moved in, so an error or an interrupt leaves the folder as it was."""
     from tqdm.auto import tqdm
 
     from .diffusers import generate
 
     settings.validate()
     out = Path(out_dir)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".compare-partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        summary = _generate_all(pipe, settings, staging, generate, tqdm, progress, device, dtype, threads)
+        earlier = earlier_outputs(out)
+        for path in earlier:
+            path.unlink()
+        for path in sorted(staging.iterdir()):
+            path.replace(out / path.name)
+        summary["replaced"] = len(earlier)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
+    return summary
+
+
+def _generate_all(
+    pipe: Any,
+    settings: CompareSettings,
+    out: Path,
+    generate: Any,
+    tqdm: Any,
+    progress: bool,
+    device: str,
+    dtype: str,
+    threads: int | None,
+) -> dict[str, Any]:
     methods = build_methods(settings)
     records: list[dict[str, Any]] = []
     tiles: list[list[Any]] = []
@@ -369,8 +430,13 @@ def run_compare(
     grid.save(out / "grid.png")
     summary = {
         "zigzag_kdiff": __version__,
-        "settings": {**asdict(settings), "matched_scale": settings.matched_scale, "device": device, "dtype": dtype,
-                     "threads": threads},
+        "settings": {
+            **asdict(settings),
+            "matched_scale": settings.matched_scale,
+            "device": device,
+            "dtype": dtype,
+            "threads": threads,
+        },
         "methods": [_method_summary(method, records) for method in methods],
         "images": records,
         "grid": "grid.png",

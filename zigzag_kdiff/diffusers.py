@@ -865,7 +865,7 @@ def load_pipeline(
     else:
         raise ValueError(
             f"--model {model}: no such folder or file (expected a local diffusers folder, a .safetensors file, "
-            f"a hub id owner/name, or one of {sorted(TINY_MODELS)})"
+            f"a hub id owner/name, or one of {[*BUNDLED_MODELS, *TINY_MODELS]})"
         )
     return _checked(model, pipe, device)
 
