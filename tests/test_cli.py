@@ -91,6 +91,7 @@ MISTYPED = [
     (["compare", "--distilled-guidance", "3"], "--distilled-guidance"),  # shapes: a UNet, no guidance embeds
     (["compare", "--model", "tiny-sd3", "--inversion-guidance", "1"], "--inversion-guidance"),
     (["compare", "--model", "tiny-flux-schnell", "--distilled-guidance", "3"], "--distilled-guidance"),
+    (["compare", "--model", "tiny-flux", "--ddim-update", "released", "--steps", "1"], "--ddim-update"),  # VP only
     (["compare", "--guidance-interval", "5", "1"], "--guidance-interval"),
     (["compare", "--guidance-interval", "-1", "1"], "--guidance-interval"),
     (["compare", "--methods", "euler,heun"], "--methods"),

@@ -225,6 +225,7 @@ PARAMETER_FLAGS = {
     "zigzag_steps": "--zigzag-steps",
     "zigzag_rounds": "--zigzag-rounds",
     "ddim_update": "--ddim-update",
+    "inversion_update": "--ddim-update",
     "guidance_interval": "--guidance-interval",
     "seg_interval": "--seg-interval",
     "seg_scale": "--seg-scale",
