@@ -77,6 +77,21 @@ MISTYPED = [
     (["compare", "--zigzag-rounds", "-1"], "--zigzag-rounds"),
     (["compare", "--cfg", "3", "--inversion-scale", "4"], "--inversion-scale"),
     (["compare", "--cfg", "nan"], "--cfg"),
+    (["compare", "--model", "tiny-sd3", "--inversion-scale", "8", "--steps", "1"], "--inversion-scale"),  # γ₁ = 7
+    (["compare", "--model", "tiny-flux", "--distilled-guidance", "nan"], "--distilled-guidance"),
+    (["compare", "--model", "tiny-flux", "--inversion-guidance", "inf"], "--inversion-guidance"),
+    (
+        ["compare", "--model", "tiny-flux", "--distilled-guidance", "2", "--inversion-guidance", "3"],
+        "--inversion-guidance",
+    ),
+    (
+        ["compare", "--model", "tiny-flux", "--inversion-guidance", "4", "--steps", "1"],
+        "--inversion-guidance",
+    ),  # g₁ 3.5
+    (["compare", "--distilled-guidance", "3"], "--distilled-guidance"),  # shapes: a UNet, no guidance embeds
+    (["compare", "--model", "tiny-sd3", "--inversion-guidance", "1"], "--inversion-guidance"),
+    (["compare", "--model", "tiny-flux-schnell", "--distilled-guidance", "3"], "--distilled-guidance"),
+    (["compare", "--model", "tiny-flux", "--ddim-update", "released", "--steps", "1"], "--ddim-update"),  # VP only
     (["compare", "--guidance-interval", "5", "1"], "--guidance-interval"),
     (["compare", "--guidance-interval", "-1", "1"], "--guidance-interval"),
     (["compare", "--methods", "euler,heun"], "--methods"),

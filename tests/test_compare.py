@@ -125,7 +125,10 @@ def test_bad_settings_fail_fast_with_one_clear_line(tmp_path, monkeypatch, capsy
 
 
 def test_parameters_string_for_a_guidance_interval_and_released_ddim():
-    settings = CompareSettings(steps=10, guidance_interval=(0.28, 5.42), ddim_update="released", schedule="ddim")
+    settings = CompareSettings(
+        steps=10, cfg_scale=5.5, inversion_scale=0.0, guidance_interval=(0.28, 5.42), ddim_update="released"
+    )
+    settings.schedule = "ddim"
     zigzag_ddim = build_methods(settings)[3]
     text = a1111_parameters("a dog", settings, zigzag_ddim, 42, 64, 48)
     assert text.splitlines()[0] == "a dog" and "Negative prompt" not in text
@@ -158,7 +161,7 @@ def test_grid_labels_show_the_prompt_the_seed_and_the_scales():
     assert labels["euler"] == "Euler\nγ₁=5.5"
     assert labels["zigzag_euler"] == "Z-Sampling (Euler)\nγ₁=5.5, γ₂=1, λ=9, T_max=2"
     assert labels["cfg_matched"] == "Euler, CFG 10 (matched)\n= 2·γ₁ − γ₂"
-    seg = build_methods(CompareSettings(steps=4, methods=["zigzag_euler_seg"]))[0]
+    seg = build_methods(CompareSettings(steps=4, cfg_scale=5.5, inversion_scale=0.0, methods=["zigzag_euler_seg"]))[0]
     assert column_label(seg) == "Z-Sampling (Euler) + SEG\nγ₁=5.5, γ₂=0, λ=3, s_seg=3"
 
 
@@ -177,3 +180,88 @@ def test_compare_without_threads_runs_the_bundled_model_on_one_thread(tmp_path):
     assert main(argv + ["--out", str(out)]) == 0
     assert torch.get_num_threads() == 1
     assert json.loads((out / "compare.json").read_text())["settings"]["threads"] == 1
+
+
+def test_flux_defaults_are_distilled_guidance_z_sampling_one_row_per_call(tmp_path):
+    """tiny-flux (guidance embeds) at compare's defaults: true CFG off (γ₁ = γ₂ = 1), g₁ the pipeline's 3.5,
+    g₂ = min(1, g₁); every call one row; the matched column is Euler at distilled guidance 2·g₁ − g₂ = 6."""
+    from PIL import Image
+
+    out = tmp_path / "flux"
+    assert main(["compare", "--model", "tiny-flux", "--steps", "3", "--out", str(out)] + FAST) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    settings = summary["settings"]
+    assert (settings["cfg_scale"], settings["inversion_scale"]) == (1.0, 1.0)
+    assert (settings["distilled_guidance"], settings["inversion_guidance"]) == (3.5, 1.0)
+    assert (settings["matched_scale"], settings["matched_guidance"], settings["schedule"]) == (1.0, 6.0, "model")
+    calls = {m["key"]: (m["model_calls_per_image"], m["batch_rows_per_image"]) for m in summary["methods"]}
+    # T = 3, λ = 2: T calls for the plain samplers, T + 2λ for Z-Sampling, one row each
+    assert calls == {key: (7, 7) if key.startswith("zigzag") else (3, 3) for key in METHODS}
+    methods = {m["key"]: m for m in summary["methods"]}
+    assert methods["cfg_matched"]["distilled_guidance"] == 6.0 and methods["euler"]["distilled_guidance"] == 3.5
+    assert methods["zigzag_ddim"]["options"]["inversion_guidance"] == 1.0
+    assert methods["cfg_matched"]["label"] == "Euler, distilled CFG 6 (matched)"
+    with Image.open(out / "p00-seed0-zigzag_euler.png") as image:
+        zigzag = image.text["parameters"]
+    with Image.open(out / "p00-seed0-cfg_matched.png") as image:
+        matched = image.text["parameters"]
+    assert "CFG scale: 1, Distilled CFG Scale: 3.5, Seed: 0" in zigzag and "Zigzag inversion guidance: 1" in zigzag
+    assert "Schedule type: Model default" in zigzag
+    assert "CFG scale: 1, Distilled CFG Scale: 6, Seed: 0" in matched and "Zigzag" not in matched
+    assert pixels(out / "p00-seed0-cfg_matched.png") != pixels(out / "p00-seed0-euler.png")  # guidance reaches it
+
+
+def test_flux_matched_column_at_equal_guidance_is_euler(tmp_path):
+    """λ = 0 and g₂ = g₁: Z-Sampling is Euler and the matched guidance 2·g₁ − g₂ is g₁: three equal images."""
+    out = tmp_path / "same"
+    argv = ["compare", "--model", "tiny-flux", "--steps", "2", "--seeds", "3", "--out", str(out), "--zigzag-steps"]
+    argv += ["0", "--distilled-guidance", "2.5", "--inversion-guidance", "2.5"]
+    assert main(argv + ["--methods", "euler,zigzag_euler,cfg_matched"] + FAST) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["settings"]["matched_guidance"] == 2.5
+    assert len({pixels(path) for path in out.glob("p00-seed3-*.png")}) == 1
+
+
+def test_sd3_keeps_true_cfg_at_the_pipelines_scale(tmp_path):
+    """tiny-sd3 (no guidance embeds): true CFG at the pipeline's default γ₁ = 7, γ₂ = 0 (uncond-only inversions),
+    matched 2·γ₁ − γ₂ = 14; no distilled guidance anywhere."""
+    out = tmp_path / "sd3"
+    assert main(["compare", "--model", "tiny-sd3", "--steps", "3", "--out", str(out)] + FAST) == 0
+    summary = json.loads((out / "compare.json").read_text())
+    settings = summary["settings"]
+    assert (settings["cfg_scale"], settings["inversion_scale"], settings["matched_scale"]) == (7.0, 0.0, 14.0)
+    assert settings["distilled_guidance"] is None and settings["inversion_guidance"] is None
+    calls = {m["key"]: (m["model_calls_per_image"], m["batch_rows_per_image"]) for m in summary["methods"]}
+    # T = 3, λ = 2: 2T rows for the plain samplers, 2T + 3λ for Z-Sampling (2 rows denoising, 1 inversion)
+    assert calls == {key: (7, 12) if key.startswith("zigzag") else (3, 6) for key in METHODS}
+    from PIL import Image
+
+    with Image.open(out / "p00-seed0-cfg_matched.png") as image:
+        assert "CFG scale: 14, Seed" in image.text["parameters"] and "Distilled" not in image.text["parameters"]
+
+
+def test_labels_and_parameters_carry_the_distilled_guidance():
+    settings = CompareSettings(
+        steps=4, cfg_scale=1.0, inversion_scale=1.0, distilled_guidance=3.5, inversion_guidance=1.0, schedule="model"
+    )
+    labels = {m.key: column_label(m) for m in build_methods(settings)}
+    assert labels["euler"] == "Euler\nγ₁=1, g₁=3.5"
+    assert labels["zigzag_euler"] == "Z-Sampling (Euler)\nγ₁=1, g₁=3.5, γ₂=1, g₂=1, λ=3"
+    assert labels["cfg_matched"] == "Euler, distilled CFG 6 (matched)\n= 2·g₁ − g₂, γ₁=1"
+    true_cfg = build_methods(CompareSettings(steps=4, cfg_scale=3.0, inversion_scale=0.0, distilled_guidance=3.5))
+    assert column_label(true_cfg[-1]) == "Euler, CFG 6 (matched)\n= 2·γ₁ − γ₂, g₁=3.5"
+    assert "Distilled CFG Scale: 3.5" in a1111_parameters("a dog", settings, build_methods(settings)[0], 1, 64, 64)
+
+
+def test_distilled_guidance_on_a_folder_without_guidance_embeds_is_refused_before_any_image(tmp_path, capsys):
+    """A folder's guidance embeddings are known once it is loaded: refused there, naming the flag, nothing written."""
+    from zigzag_kdiff.tiny import tiny_pipeline
+
+    tiny_pipeline("flux-schnell").save_pretrained(tmp_path / "schnell")
+    capsys.readouterr()  # save_pretrained's progress bar
+    out = tmp_path / "out"
+    for flag in ("--distilled-guidance", "--inversion-guidance"):
+        assert main(["compare", "--model", str(tmp_path / "schnell"), flag, "1", "--out", str(out)] + FAST) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"zigzag-kdiff compare: error: {flag} ") and "guidance embeddings" in error, error
+        assert not out.exists()

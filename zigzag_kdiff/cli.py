@@ -220,9 +220,12 @@ PARAMETER_FLAGS = {
     "height and width": "--height and --width",
     "cfg_scale": "--cfg",
     "inversion_scale": "--inversion-scale",
+    "distilled_guidance": "--distilled-guidance",
+    "inversion_guidance": "--inversion-guidance",
     "zigzag_steps": "--zigzag-steps",
     "zigzag_rounds": "--zigzag-rounds",
     "ddim_update": "--ddim-update",
+    "inversion_update": "--ddim-update",
     "guidance_interval": "--guidance-interval",
     "seg_interval": "--seg-interval",
     "seg_scale": "--seg-scale",
@@ -436,6 +439,8 @@ def _compare_settings(args: argparse.Namespace) -> Any:
         steps=args.steps,
         cfg_scale=args.cfg,
         inversion_scale=args.inversion_scale,
+        distilled_guidance=args.distilled_guidance,
+        inversion_guidance=args.inversion_guidance,
         zigzag_steps=args.zigzag_steps,
         zigzag_rounds=args.zigzag_rounds,
         ddim_update=args.ddim_update,
@@ -455,9 +460,30 @@ def _compare_settings(args: argparse.Namespace) -> Any:
     except ValueError as error:
         raise UsageError(with_flag_names(str(error))) from None
     _check_model(args.model, args.model_config)
+    _check_distilled_guidance(args)
     if args.device is not None:
         _check_device(args.device)
     return settings
+
+
+def _check_distilled_guidance(args: argparse.Namespace) -> None:
+    """``--distilled-guidance``/``--inversion-guidance`` on a named model without guidance embeddings (a folder's is
+    known once loaded: generate() refuses it then, before the first image)."""
+    from .diffusers import TINY_MODELS
+
+    given = [
+        flag
+        for flag, value in (
+            ("--distilled-guidance", args.distilled_guidance),
+            ("--inversion-guidance", args.inversion_guidance),
+        )
+        if value is not None
+    ]
+    if given and args.model in model_names() and TINY_MODELS.get(args.model) != "flux":
+        raise UsageError(
+            f"{given[0]}: {args.model} has no guidance embeddings; only guidance-distilled models (Flux dev, e.g. "
+            "tiny-flux) take distilled guidance (use --cfg for true CFG)"
+        )
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -482,10 +508,10 @@ def _compare(args: argparse.Namespace) -> int:
         )
     except ValueError as error:  # the size or the SEG layers against this model, before the first image
         raise UsageError(with_flag_names(str(error))) from None
-    print(f"{'method':<28} {'model calls':>11} {'UNet rows':>9} {'s/image':>8}")
+    print(f"{'method':<34} {'model calls':>11} {'UNet rows':>9} {'s/image':>8}")
     for method in summary["methods"]:
         print(
-            f"{method['label']:<28} {method['model_calls_per_image']:>11} {method['batch_rows_per_image']:>9} "
+            f"{method['label']:<34} {method['model_calls_per_image']:>11} {method['batch_rows_per_image']:>9} "
             f"{method['mean_wall_seconds_per_image']:>8.2f}"
         )
     images = len(summary["images"])
@@ -523,12 +549,27 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("--negative-prompt", help="negative prompt (default: none; SDXL then uses zero embeddings)")
     compare.add_argument("--steps", type=positive_int, default=30, help="sampling steps T, >= 1 (default 30)")
-    compare.add_argument("--cfg", type=finite_float, default=5.5, help="γ₁, CFG scale of denoising calls (default 5.5)")
+    compare.add_argument(
+        "--cfg",
+        type=finite_float,
+        help="γ₁, true CFG scale of denoising calls (default: the model's: 5.5 SD/SDXL/shapes, the pipeline's for "
+        "SD3, 1 = off for Flux)",
+    )
     compare.add_argument(
         "--inversion-scale",
         type=finite_float,
-        default=0.0,
-        help="γ₂, CFG scale of inversion calls, <= γ₁ (default 0: uncond)",
+        help="γ₂, CFG scale of inversion calls, <= γ₁ (default 0: uncond; 1 on SD3/Flux with --cfg 1: one row a call)",
+    )
+    compare.add_argument(
+        "--distilled-guidance",
+        type=finite_float,
+        help="g₁, distilled guidance of every call on guidance-distilled models (Flux dev; default the pipeline's, "
+        "3.5); refused on other models",
+    )
+    compare.add_argument(
+        "--inversion-guidance",
+        type=finite_float,
+        help="g₂, distilled guidance of Z-Sampling's inversion calls, <= g₁ (default min(1, g₁))",
     )
     compare.add_argument(
         "--zigzag-steps", type=non_negative_int, help="λ, zigzag on the first λ steps, 0 … T − 1 (default T − 1)"
@@ -539,7 +580,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--ddim-update", choices=("paper", "released"), default="paper", help="inversion update of Z-Sampling (DDIM)"
     )
-    compare.add_argument("--schedule", choices=SCHEDULES, default="karras", help="sigma schedule (default karras)")
+    compare.add_argument(
+        "--schedule", choices=SCHEDULES, help="sigma schedule (default: karras; model, the pipeline's, for SD3/Flux)"
+    )
     compare.add_argument(
         "--guidance-interval",
         nargs=2,

@@ -4,7 +4,11 @@ Every method starts from the same initial noise (drawn from the seed, see
 :func:`zigzag_kdiff.diffusers.generate`). Default methods: k-diffusion's Euler and DPM++ 2M at the
 CFG scale γ₁, Z-Sampling with the Euler and the DDIM rule (γ₁, γ₂, λ, T_max), and Euler with plain
 CFG at the *matched strength* 2·γ₁ − γ₂, the scale one zigzag pair roughly amounts to (reference
-notes), so a viewer can tell what Z-Sampling adds beyond stronger guidance.
+notes), so a viewer can tell what Z-Sampling adds beyond stronger guidance. On a guidance-distilled model
+(Flux dev) with true CFG off (γ₁ = 1, the default) Z-Sampling's gap is the distilled guidance (g₁ of the
+denoising calls, g₂ of the inversions; one row per call) and the matched column is Euler at distilled guidance
+2·g₁ − g₂. Unset scales and the schedule take :func:`zigzag_kdiff.diffusers.generate`'s family defaults
+(:func:`zigzag_kdiff.diffusers.guidance_defaults`).
 
 Writes, in the output folder: one PNG per image with an A1111-style ``parameters`` text chunk, a
 labelled ``grid.png`` (a column per method titled with its γ₁, γ₂, λ; a row per prompt × seed, labelled with
@@ -21,7 +25,7 @@ import re
 import shutil
 import textwrap
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +43,22 @@ Z-Sampling (Euler) with CFG + SEG on its denoising calls (inversion calls withou
 
 @dataclass
 class CompareSettings:
-    """Everything ``compare`` varies; γ₁ = ``cfg_scale``, γ₂ = ``inversion_scale``, λ = ``zigzag_steps``
-    (``None``: steps − 1), T_max = ``zigzag_rounds``."""
+    """Everything ``compare`` varies; γ₁ = ``cfg_scale``, γ₂ = ``inversion_scale``, g₁ = ``distilled_guidance``,
+    g₂ = ``inversion_guidance``, λ = ``zigzag_steps`` (``None``: steps − 1), T_max = ``zigzag_rounds``. ``None``
+    scales and ``schedule``: the model's defaults, filled in by :meth:`resolved`."""
 
     model: str = "tiny"
     prompts: list[str] = field(default_factory=lambda: ["a small yellow dog"])
     negative_prompt: str | None = None
     steps: int = 30
-    cfg_scale: float = 5.5
-    inversion_scale: float = 0.0
+    cfg_scale: float | None = None
+    inversion_scale: float | None = None
+    distilled_guidance: float | None = None
+    inversion_guidance: float | None = None
     zigzag_steps: int | None = None
     zigzag_rounds: int = 1
     ddim_update: str = "paper"
-    schedule: str = "karras"
+    schedule: str | None = None
     guidance_interval: tuple[float, float] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     width: int | None = None
@@ -74,13 +81,19 @@ class CompareSettings:
             raise ValueError(f"zigzag_steps (λ) must be in [0, {self.steps - 1}] (steps − 1), got {self.zigzag_steps}")
         if self.zigzag_rounds < 0:
             raise ValueError(f"zigzag_rounds (T_max) must be >= 0, got {self.zigzag_rounds}")
-        for name in ("cfg_scale", "inversion_scale"):
-            if not math.isfinite(getattr(self, name)):
+        for name in ("cfg_scale", "inversion_scale", "distilled_guidance", "inversion_guidance"):
+            if getattr(self, name) is not None and not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
-        if self.inversion_scale > self.cfg_scale:
+        if None not in (self.cfg_scale, self.inversion_scale) and self.inversion_scale > self.cfg_scale:
             raise ValueError(
                 f"inversion_scale (γ₂) must be <= cfg_scale (γ₁) = {self.cfg_scale:g}, got {self.inversion_scale:g}"
             )
+        if None not in (self.distilled_guidance, self.inversion_guidance):
+            if self.inversion_guidance > self.distilled_guidance:
+                raise ValueError(
+                    f"inversion_guidance (g₂) must be <= distilled_guidance (g₁) = {self.distilled_guidance:g}, "
+                    f"got {self.inversion_guidance:g}"
+                )
         if not self.prompts or not self.seeds:
             raise ValueError("prompts and seeds must not be empty")
         if not all(isinstance(s, int) and 0 <= s < 2**64 for s in self.seeds) or len(set(self.seeds)) < len(self.seeds):
@@ -92,10 +105,47 @@ class CompareSettings:
         if self.ddim_update not in ("paper", "released"):
             raise ValueError(f"ddim_update must be 'paper' or 'released', got {self.ddim_update!r}")
 
+    def resolved(self, pipe: Any) -> CompareSettings:
+        """A copy with every ``None`` scale and the schedule set to :func:`~zigzag_kdiff.diffusers.generate`'s
+        defaults for ``pipe``, checked again (``ValueError`` naming the parameter, before any image)."""
+        from .diffusers import FAMILY_SCHEDULE, guidance_defaults, model_family
+
+        gamma_1, g_1, gamma_2, g_2 = guidance_defaults(pipe, self.cfg_scale, self.distilled_guidance)
+        if g_1 is None and self.inversion_guidance is not None:
+            raise ValueError(
+                "inversion_guidance (g₂, distilled guidance of the inversions) needs a guidance-distilled model with "
+                f"guidance embeddings (Flux dev); this {type(pipe).__name__} has none"
+            )
+        settings = replace(
+            self,
+            cfg_scale=gamma_1,
+            inversion_scale=self.inversion_scale if self.inversion_scale is not None else (gamma_2 or 0.0),
+            distilled_guidance=g_1,
+            inversion_guidance=self.inversion_guidance if self.inversion_guidance is not None else g_2,
+            schedule=self.schedule or FAMILY_SCHEDULE[model_family(pipe)],
+        )
+        settings.validate()
+        return settings
+
+    @property
+    def matches_distilled(self) -> bool:
+        """The matched column matches the distilled guidance: a guidance-distilled model with true CFG off."""
+        return self.distilled_guidance is not None and self.cfg_scale == 1
+
     @property
     def matched_scale(self) -> float:
-        """2·γ₁ − γ₂: the plain-CFG scale matching one zigzag pair's strength to first order."""
+        """2·γ₁ − γ₂: the plain-CFG scale matching one zigzag pair's strength to first order (γ₁ when
+        :attr:`matches_distilled`)."""
+        if self.matches_distilled:
+            return self.cfg_scale
         return 2 * self.cfg_scale - self.inversion_scale
+
+    @property
+    def matched_guidance(self) -> float | None:
+        """2·g₁ − g₂ when :attr:`matches_distilled` (one zigzag pair's distilled guidance to first order), else g₁."""
+        if self.matches_distilled:
+            return 2 * self.distilled_guidance - self.inversion_guidance
+        return self.distilled_guidance
 
 
 @dataclass
@@ -110,6 +160,7 @@ class Method:
     cfg_scale: float
     options: dict[str, Any]
     seg: dict[str, Any] = field(default_factory=dict)  # generate()'s seg_* arguments (SEG methods)
+    distilled_guidance: float | None = None  # g₁ (guidance-distilled models)
 
 
 SCHEDULE_NAMES = {"karras": "Karras", "exponential": "Exponential", "ddim": "DDIM", "model": "Model default"}
@@ -117,14 +168,21 @@ SCHEDULE_NAMES = {"karras": "Karras", "exponential": "Exponential", "ddim": "DDI
 
 
 def build_methods(settings: CompareSettings) -> list[Method]:
+    """The columns of ``settings.methods``, from :meth:`CompareSettings.resolved` settings (γ₁, γ₂ set)."""
     lam = settings.steps - 1 if settings.zigzag_steps is None else settings.zigzag_steps
     zigzag = {
         "inversion_scale": settings.inversion_scale,
         "zigzag_steps": lam,
         "zigzag_rounds": settings.zigzag_rounds,
     }
+    if settings.inversion_guidance is not None:
+        zigzag["inversion_guidance"] = settings.inversion_guidance
     gamma_1 = settings.cfg_scale
     matched = settings.matched_scale
+    if settings.matches_distilled:
+        matched_label = f"Euler, distilled CFG {settings.matched_guidance:g} (matched)"
+    else:
+        matched_label = f"Euler, CFG {matched:g} (matched)"
     all_methods = {
         "euler": Method("euler", "Euler", "Euler", "euler", gamma_1, {}),
         "dpmpp_2m": Method("dpmpp_2m", "DPM++ 2M", "DPM++ 2M", "dpmpp_2m", gamma_1, {}),
@@ -142,7 +200,9 @@ def build_methods(settings: CompareSettings) -> list[Method]:
         "zigzag_dpmpp_2m": Method(
             "zigzag_dpmpp_2m", "Z-Sampling (DPM++ 2M)", "Z-Sampling DPM++ 2M", "zigzag_dpmpp_2m", gamma_1, dict(zigzag)
         ),
-        "cfg_matched": Method("cfg_matched", f"Euler, CFG {matched:g} (matched)", "Euler", "euler", matched, {}),
+        "cfg_matched": Method(
+            "cfg_matched", matched_label, "Euler", "euler", matched, {}, distilled_guidance=settings.matched_guidance
+        ),
     }
     seg = {
         "seg_scale": settings.seg_scale,
@@ -154,17 +214,29 @@ def build_methods(settings: CompareSettings) -> list[Method]:
     all_methods["zigzag_euler_seg"] = Method(
         "zigzag_euler_seg", "Z-Sampling (Euler) + SEG", "Z-Sampling Euler", "zigzag_euler", gamma_1, dict(zigzag), seg
     )
+    for key, method in all_methods.items():
+        if key != "cfg_matched":
+            method.distilled_guidance = settings.distilled_guidance
     return [all_methods[key] for key in settings.methods]
 
 
 def column_label(method: Method) -> str:
-    """The grid's column title: the method, then its scales in the papers' symbols (γ₁; Z-Sampling: γ₂, λ and
-    T_max when not 1; the matched column: its scale 2·γ₁ − γ₂)."""
+    """The grid's column title: the method, then its scales in the papers' symbols (γ₁, g₁ on guidance-distilled
+    models; Z-Sampling: γ₂, g₂, λ and T_max when not 1; the matched column: its scale 2·γ₁ − γ₂, or its distilled
+    guidance 2·g₁ − g₂ with true CFG off)."""
     if method.key == "cfg_matched":
-        return f"Euler, CFG {method.cfg_scale:g} (matched)\n= 2·γ₁ − γ₂"
+        if method.label.startswith("Euler, distilled"):
+            return f"{method.label}\n= 2·g₁ − g₂, γ₁={method.cfg_scale:g}"
+        extra = "" if method.distilled_guidance is None else f", g₁={method.distilled_guidance:g}"
+        return f"{method.label}\n= 2·γ₁ − γ₂{extra}"
     scales = [f"γ₁={method.cfg_scale:g}"]
+    if method.distilled_guidance is not None:
+        scales.append(f"g₁={method.distilled_guidance:g}")
     if method.sampler.startswith("zigzag"):
-        scales += [f"γ₂={method.options['inversion_scale']:g}", f"λ={method.options['zigzag_steps']}"]
+        scales.append(f"γ₂={method.options['inversion_scale']:g}")
+        if "inversion_guidance" in method.options:
+            scales.append(f"g₂={method.options['inversion_guidance']:g}")
+        scales.append(f"λ={method.options['zigzag_steps']}")
         if method.options["zigzag_rounds"] != 1:
             scales.append(f"T_max={method.options['zigzag_rounds']}")
     if method.seg:
@@ -222,6 +294,7 @@ def a1111_parameters(prompt: str, settings: CompareSettings, method: Method, see
         ("Sampler", method.sampler_name),
         ("Schedule type", SCHEDULE_NAMES.get(settings.schedule, settings.schedule)),
         ("CFG scale", f"{method.cfg_scale:g}"),
+        *([] if method.distilled_guidance is None else [("Distilled CFG Scale", f"{method.distilled_guidance:g}")]),
         ("Seed", seed),
         ("Size", f"{width}x{height}"),
         ("Model", Path(settings.model).name or settings.model),
@@ -232,6 +305,8 @@ def a1111_parameters(prompt: str, settings: CompareSettings, method: Method, see
             ("Zigzag steps", method.options["zigzag_steps"]),
             ("Zigzag rounds", method.options["zigzag_rounds"]),
         ]
+        if "inversion_guidance" in method.options:
+            pairs.append(("Zigzag inversion guidance", f"{method.options['inversion_guidance']:g}"))
         if "inversion_update" in method.options:
             pairs.append(("Zigzag DDIM update", method.options["inversion_update"]))
     if settings.guidance_interval is not None:
@@ -344,6 +419,7 @@ def run_compare(
     from .diffusers import generate
 
     settings.validate()
+    settings = settings.resolved(pipe)
     out = Path(out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -396,6 +472,7 @@ def _generate_all(
                         sampler=method.sampler,
                         steps=settings.steps,
                         cfg_scale=method.cfg_scale,
+                        distilled_guidance=method.distilled_guidance,
                         schedule=settings.schedule,
                         height=settings.height,
                         width=settings.width,
@@ -433,6 +510,7 @@ def _generate_all(
         "settings": {
             **asdict(settings),
             "matched_scale": settings.matched_scale,
+            "matched_guidance": settings.matched_guidance,
             "device": device,
             "dtype": dtype,
             "threads": threads,

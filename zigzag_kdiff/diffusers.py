@@ -60,6 +60,8 @@ __all__ = [
     "SCHEDULES",
     "FAMILY_CFG_SCALE",
     "DEFAULT_INVERSION_GUIDANCE",
+    "FAMILY_SCHEDULE",
+    "guidance_defaults",
     "Generation",
     "model_family",
     "denoiser_for",
@@ -84,6 +86,10 @@ FAMILY_CFG_SCALE = {"sd": 5.5, "sd3": None, "flux": 1.0}
 """``generate()``'s default true-CFG scale γ₁ per :func:`model_family`: 5.5 for SD 1.x/2.x/SDXL (the
 released code's), the pipeline's own ``guidance_scale`` default for SD3 (``None`` here: 7.0 in diffusers
 0.42), 1 (off: one row per call) for Flux, whose guidance is distilled (``distilled_guidance``)."""
+
+FAMILY_SCHEDULE = {"sd": "karras", "sd3": "model", "flux": "model"}
+"""``generate()``'s default ``schedule`` per :func:`model_family`: Karras for SD/SDXL, the pipeline's own shifted
+sigmas for SD3 and Flux."""
 
 DEFAULT_INVERSION_GUIDANCE = 1.0
 """g₂ of the inversion calls on guidance-distilled models when ``inversion_guidance`` is not given (or g₁ if
@@ -599,14 +605,11 @@ def generate(
     if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
         raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
     function = resolve_sampler(sampler)
-    if cfg_scale is None:
-        cfg_scale = FAMILY_CFG_SCALE[family]
-        if cfg_scale is None:
-            cfg_scale = float(_call_default(pipe, "guidance_scale"))
-    cfg_scale = check_finite("cfg_scale", cfg_scale)
+    cfg_scale, guidance, default_inversion_scale, default_inversion_guidance = guidance_defaults(
+        pipe, cfg_scale, distilled_guidance
+    )
     if schedule is None:
-        schedule = "model" if flow else "karras"
-    guidance = _distilled_guidance(pipe, family, distilled_guidance)
+        schedule = FAMILY_SCHEDULE[family]
     options = dict(sampler_options or {})
     accepted = inspect.signature(function).parameters
     if options.get("inversion_guidance") is not None and guidance is None:
@@ -614,10 +617,11 @@ def generate(
             "inversion_guidance (g₂, distilled guidance of the inversions) needs a guidance-distilled model with "
             f"guidance embeddings (Flux dev); this {type(pipe).__name__} has none"
         )
-    if guidance is not None and "inversion_guidance" in accepted and options.get("inversion_guidance") is None:
-        options["inversion_guidance"] = min(DEFAULT_INVERSION_GUIDANCE, guidance)
-    if flow and cfg_scale == 1 and "inversion_scale" in accepted and "inversion_scale" not in options:
-        options["inversion_scale"] = 1.0  # true CFG off: the inversions evaluate the prompt too, one row each
+    if "inversion_guidance" in accepted and options.get("inversion_guidance") is None:
+        if default_inversion_guidance is not None:
+            options["inversion_guidance"] = default_inversion_guidance
+    if default_inversion_scale is not None and "inversion_scale" in accepted and "inversion_scale" not in options:
+        options["inversion_scale"] = default_inversion_scale
     if flow and (seg_scale != 0 or inversion_seg_scale != 0):
         raise ValueError(
             f"seg_scale must be 0 on {type(pipe).__name__} (got seg_scale={seg_scale!r}, inversion_seg_scale="
@@ -717,6 +721,26 @@ def generate(
             "inversion_seg_scale": seg.inversion_seg_scale,
         }
     return Generation(images, latents, seeds, sigmas, counter.calls, counter.rows, seconds, settings)
+
+
+def guidance_defaults(
+    pipe: Any, cfg_scale: float | None = None, distilled_guidance: float | None = None
+) -> tuple[float, float | None, float | None, float | None]:
+    """:func:`generate`'s guidance for ``pipe``: ``(γ₁, g₁, γ₂, g₂)``. γ₁ is ``cfg_scale`` or the family's
+    (:data:`FAMILY_CFG_SCALE`), g₁ ``distilled_guidance`` or the pipeline's on models with guidance embeddings
+    (``None`` on others; a value given to them is a ``ValueError``); the defaults of the inversions: γ₂ = 1 when
+    true CFG is off (γ₁ = 1) on SD3/Flux, so every call is one row, else ``None`` (the sampler's 0), and
+    g₂ = ``min(1, g₁)`` (:data:`DEFAULT_INVERSION_GUIDANCE`; ``None`` without g₁)."""
+    family = model_family(pipe)
+    if cfg_scale is None:
+        cfg_scale = FAMILY_CFG_SCALE[family]
+        if cfg_scale is None:
+            cfg_scale = float(_call_default(pipe, "guidance_scale"))
+    cfg_scale = check_finite("cfg_scale", cfg_scale)
+    guidance = _distilled_guidance(pipe, family, distilled_guidance)
+    inversion_scale = 1.0 if family != "sd" and cfg_scale == 1 else None  # true CFG off: the prompt, one row
+    inversion_guidance = None if guidance is None else min(DEFAULT_INVERSION_GUIDANCE, guidance)
+    return cfg_scale, guidance, inversion_scale, inversion_guidance
 
 
 def _distilled_guidance(pipe: Any, family: str, distilled_guidance: float | None) -> float | None:
