@@ -17,6 +17,8 @@ def _bench(args: argparse.Namespace) -> int:
         from .bench.common import format_cost, run_cost
 
         print(format_cost(run_cost(steps=args.steps, repeats=args.repeats), args.steps))
+    elif args.which == "gmm" and args.flow:
+        _bench_gmm_flow(args)
     elif args.which == "gmm":
         from .bench import gmm as bench_gmm
 
@@ -57,6 +59,23 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.which in ("convergence", "shapes-dpmpp"):
         _bench_convergence(args)
     return 0
+
+
+def _bench_gmm_flow(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from .bench import flow as bench_flow
+
+    config = bench_flow.QUICK if args.quick else bench_flow.FlowConfig()
+    if args.first_seed is not None:
+        config = replace(config, first_seed=args.first_seed)
+    start = time.perf_counter()
+    results = bench_flow.run_flow(config, log=_log if args.verbose else None)
+    print(bench_flow.format_flow(results, config))
+    if args.out:
+        for path in bench_flow.write_outputs(results, config, args.out):
+            _log(f"wrote {path}")
+    _log(f"bench gmm --flow: {time.perf_counter() - start:.0f}s")
 
 
 def _bench_convergence(args: argparse.Namespace) -> None:
@@ -269,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="shapes: the Smoothed Energy Guidance methods (alone, with CFG, with Z-Sampling) instead of the main run",
     )
     bench.add_argument("--seeds", type=int, help="shapes: number of seeds (default 20; --quick 2)")
+    bench.add_argument(
+        "--flow",
+        action="store_true",
+        help="gmm: flow-matching models (true CFG and distilled guidance, Z-Sampling's rules and an RF-Sampling "
+        "analogue on flow schedules) instead of the ε-model run; writes flow.md/flow.json",
+    )
     bench.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     bench.set_defaults(run=_bench)
     _add_compare(commands)

@@ -369,8 +369,13 @@ def run_compare(
     grid.save(out / "grid.png")
     summary = {
         "zigzag_kdiff": __version__,
-        "settings": {**asdict(settings), "matched_scale": settings.matched_scale, "device": device, "dtype": dtype,
-                     "threads": threads},
+        "settings": {
+            **asdict(settings),
+            "matched_scale": settings.matched_scale,
+            "device": device,
+            "dtype": dtype,
+            "threads": threads,
+        },
         "methods": [_method_summary(method, records) for method in methods],
         "images": records,
         "grid": "grid.png",

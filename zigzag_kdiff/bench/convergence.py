@@ -269,9 +269,7 @@ def matched_rows(dim: DimConvergence) -> list[dict[str, Any]]:
                     "fd": gmm.mean_ci(run.metrics["fd"]),
                     "vs_dpmpp_2m_fd": gmm.mean_ci(gmm.matched(runs, run, "fd", "standard DPM++ 2M")),
                     "vs_euler_fd": gmm.mean_ci(gmm.matched(runs, run, "fd", "standard")),
-                    "dpmpp_2m_equivalent": gmm.mean_ci(
-                        gmm.equivalent_scale(runs, run, "standard DPM++ 2M")
-                    ),
+                    "dpmpp_2m_equivalent": gmm.mean_ci(gmm.equivalent_scale(runs, run, "standard DPM++ 2M")),
                 }
             )
     return rows
