@@ -138,7 +138,7 @@ class FlowMethod:
 
 @dataclass(frozen=True)
 class FlowConfig:
-    mixtures: tuple[Mixture, ...] = MIXTURES
+    mixtures: tuple[Mixture, ...] = MIXTURES[:2]  # d = 2 and 16 (d = 32 behaves as 16 in bench gmm)
     schedules: tuple[str, ...] = SCHEDULES
     steps: int = 28
     seeds: int = 12
@@ -287,6 +287,14 @@ def run_flow(config: FlowConfig = FlowConfig(), log=None) -> list[FlowResult]:
 SWEEPS = ("CFG", "CFG, DPM++ 2M", "distilled")
 
 
+def rising_sweep(result: DimResult, family: str) -> DimResult:
+    """The sweep ``family`` up to the scale of its highest mean adherence: past it adherence falls again (few steps,
+    high scales), and matching adherence on a folded curve would pair a method with two different CFG points."""
+    runs = sorted(result.find(family=family), key=lambda run: run.method.scale)
+    peak = int(np.argmax([np.mean(run.metrics["logit"]) for run in runs])) if runs else -1
+    return DimResult(result.mixture, runs[: peak + 1])
+
+
 def summary_rows(flow: FlowResult) -> list[dict[str, Any]]:
     """One row per run outside the sweeps, with matched-adherence deltas against its CFG sweep (computed once)."""
     if flow._summary is not None:
@@ -297,6 +305,7 @@ def summary_rows(flow: FlowResult) -> list[dict[str, Any]]:
     for family in families:
         for run in sorted(result.find(family=family), key=lambda r: r.method.scale):
             baseline = baseline_of(run.method)
+            sweep = rising_sweep(result, baseline)
             row: dict[str, Any] = {
                 "family": family,
                 "method": run.method.label,
@@ -306,9 +315,9 @@ def summary_rows(flow: FlowResult) -> list[dict[str, Any]]:
             }
             for metric in METRICS:
                 row[metric] = mean_ci(run.metrics[metric])
-            row["cfg_equivalent"] = mean_ci(equivalent_scale(result, run, baseline))
+            row["cfg_equivalent"] = mean_ci(equivalent_scale(sweep, run, baseline))
             for metric in ("fd", "logp", "spread"):
-                row[f"vs_cfg_{metric}"] = mean_ci(matched(result, run, metric, baseline))
+                row[f"vs_cfg_{metric}"] = mean_ci(matched(sweep, run, metric, baseline))
             rows.append(row)
     flow._summary = rows
     return rows
@@ -338,7 +347,8 @@ def format_result(flow: FlowResult, config: FlowConfig) -> str:
         "",
         "Adherence = mean logit p(c∣x); FD = Fréchet distance to the exact class moments (lower is better). "
         "ΔFD/Δlog p/Δspread at matched adherence against the CFG sweep on the same schedule (the DPM++ 2M rule: "
-        "against the DPM++ 2M sweep); mean [95 % CI] over seeds; ΔFD < 0 favours the method.",
+        "against the DPM++ 2M sweep), each sweep up to its highest adherence; mean [95 % CI] over seeds; ΔFD < 0 "
+        "favours the method; \"out of range\": the method's adherence is outside the sweep's.",
         "",
         "| method | rows/sample | adherence | accuracy | FD | spread | CFG-equivalent scale | ΔFD vs CFG "
         "| Δlog p vs CFG | Δspread vs CFG |",
