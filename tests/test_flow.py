@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import guided_args
@@ -312,3 +314,90 @@ def test_uncond_label_selects_the_unconditional_branch(mixture):
     x, sigma = flow_noise(4), torch.full((4,), 0.5, dtype=torch.float64)
     uncond = flow(x, sigma, cond=torch.full((4,), UNCONDITIONAL))
     torch.testing.assert_close(DistilledDenoiser(flow)(x, sigma, torch.zeros(4, dtype=torch.long), 0.0), uncond)
+
+
+# --- convergence on flow sigmas (``bench convergence --flow``) ----------------------------------------
+
+
+def test_flow_dpmpp_2m_is_second_order_on_flow_sigmas():
+    """Plain DPM++ 2M with the flow λ = log((1 − σ)/σ), exact flow GMM (d = 2): order >= 1.8 per doubling on
+    linspace(1, 0.001) (T = 10 → 20 → 40, reference T = 320) and on SD3's shift-3 schedule (T = 40 → 80, reference
+    640). The VE formula λ = −log σ on the same sigmas converges too, with a larger error at T = 10."""
+    from zigzag_kdiff.bench import convergence as bc
+    from zigzag_kdiff.bench import gmm as bench_gmm
+
+    flow, ve = "DPM++ 2M", "DPM++ 2M, VE λ = −log σ on flow sigmas"
+    tiny = bc.FlowConfig(
+        mixtures=bench_gmm.MIXTURES[:1], seeds=2, per_class=8, steps=(10, 20, 40), reference_steps=320,
+        schedules=("linear",), methods=(flow, ve),
+    )  # fmt: skip
+    (linear,) = bc.run_flow_convergence(tiny)
+    errors = {c.name: c.errors for c in linear.convergence}
+    for steps in (10, 20):
+        assert bc.order_per_doubling(errors[flow], steps)[0] >= 1.8, errors[flow]
+    assert sum(errors[ve][10]) > 1.15 * sum(errors[flow][10])
+    sd3 = dataclasses.replace(tiny, steps=(40, 80), reference_steps=640, schedules=("sd3",), methods=(flow,))
+    (shifted,) = bc.run_flow_convergence(sd3)
+    assert bc.order_per_doubling(shifted.convergence[0].errors, 40)[0] >= 1.8
+    text = bc.format_flow_convergence([linear], tiny) + bc.format_flow_convergence([shifted], sd3)
+    assert "| DPM++ 2M |" in text and "order 10→20" in text and "SD3's shift-3 schedule" in text
+
+
+def test_flow_sigmas_schedules():
+    from zigzag_kdiff.bench.convergence import flow_sigmas
+
+    linear, sd3 = flow_sigmas(4), flow_sigmas(4, "sd3")
+    assert linear[0] == 1 and sd3[0] == 1 and linear[-1] == 0 and sd3[-1] == 0 and len(linear) == 5
+    torch.testing.assert_close(sd3[-2], torch.tensor(3e-3 / (1 + 2e-3), dtype=torch.float64))
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        flow_sigmas(4, "karras")
+
+
+def test_true_cfg_and_distilled_guidance_are_independent_gaps(mixture):
+    """Flux with true CFG too: γ₁/γ₂ choose the branches, g₁/g₂ the guidance input of each call."""
+    flow = FlowDenoiser(FlowMixtureVelocity(mixture))
+    seen = []
+
+    class Recorder(torch.nn.Module):  # a distilled model that also takes true CFG's uncond
+        def forward(self, x, sigma, cond, guidance):
+            seen.append((x.shape[0], guidance))
+            return flow(x, sigma, cond=cond)
+
+    args = {**guided_args(4, 2.0), "guidance": 3.5}
+    sample_zigzag_dpmpp_2m(
+        CFGDenoiser(Recorder()), flow_noise(4), flow_sigmas(3), args, disable=True, inversion_guidance=1.0
+    )
+    assert seen == [(8, 3.5), (4, 1.0), (8, 3.5)] * 2 + [(8, 3.5)]  # γ₂ = 0: the inversion is one uncond branch
+
+
+def test_gap_check_against_a_guidance_tensor(mixture):
+    counter = CallCounter(DistilledDenoiser(FlowDenoiser(FlowMixtureVelocity(mixture))))
+    args = {"cond": torch.zeros(4, dtype=torch.long), "cond_scale": 1.0, "guidance": torch.tensor([3.5, 2.0, 3.5, 3.5])}
+    with pytest.raises(ValueError, match=r"g₁ = 2\b"):
+        sample_zigzag_euler(
+            CFGDenoiser(counter), flow_noise(4), flow_sigmas(4), args, inversion_scale=1.0, inversion_guidance=3.0
+        )
+    args["guidance"] = torch.tensor([3.5, float("nan"), 3.5, 3.5])
+    with pytest.raises(ValueError, match="guidance must be a finite number"):
+        sample_zigzag_euler(CFGDenoiser(counter), flow_noise(4), flow_sigmas(4), args, inversion_scale=1.0)
+    assert counter.calls == 0
+
+
+def test_a_guidance_tensor_stays_a_tensor_in_the_inversions(mixture):
+    """g₁ as a per-row tensor (as diffusers' Flux transformer takes it): the inversions get g₂ in the same form."""
+    flow = FlowDenoiser(FlowMixtureVelocity(mixture))
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, sigma, cond, guidance):
+            seen.append(guidance.clone())
+            return DistilledDenoiser(flow)(x, sigma, cond, guidance[:, None])
+
+    g1 = torch.full((4,), 3.5, dtype=torch.float64)
+    args = {"cond": torch.zeros(4, dtype=torch.long), "cond_scale": 1.0, "guidance": g1}
+    sample_zigzag_euler(
+        CFGDenoiser(Recorder()), flow_noise(4), flow_sigmas(2), args, disable=True, inversion_scale=1.0,
+        inversion_guidance=1.0,
+    )  # fmt: skip
+    assert [g.tolist() for g in seen] == [[3.5] * 4, [1.0] * 4, [3.5] * 4, [3.5] * 4]
+    assert all(g.dtype == torch.float64 for g in seen) and torch.equal(g1, torch.full((4,), 3.5, dtype=torch.float64))

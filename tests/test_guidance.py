@@ -74,3 +74,31 @@ def test_guidance_interval_skips_uncond_outside():
         assert counter.rows == rows, sigma
         if rows == 2:
             assert torch.equal(out, inner(x, torch.full((2,), sigma), **cond))
+
+
+def test_the_core_modules_import_one_way_at_module_level():
+    """guidance → seg → interval (issue #17's import circle): no cycle among the core modules' imports
+    and no package import inside a function of guidance.py or seg.py."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "zigzag_kdiff"
+    graph, inner = {}, []
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        graph[path.stem] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                graph[path.stem].add((node.module or "").split(".")[0])
+        for function in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and node.level == 1 and path.stem in ("guidance", "seg"):
+                    inner.append(f"{path.stem}.{function.name}: from .{node.module}")
+    assert inner == []
+    assert "seg" in graph["guidance"] and "guidance" not in graph["seg"] and graph["interval"] == set()
+
+    def reaches(start, goal, seen=()):
+        return any(m == goal or (m not in seen and reaches(m, goal, (*seen, m))) for m in graph.get(start, ()))
+
+    cycles = [m for m in ("sampling", "flow", "guidance", "seg", "interval") if reaches(m, m)]
+    assert cycles == []

@@ -83,7 +83,12 @@ def _bench_convergence(args: argparse.Namespace) -> None:
 
     start = time.perf_counter()
     log = _log if args.verbose else None
-    if args.which == "convergence":
+    if args.which == "convergence" and args.flow:
+        config = bc._replace(bc.FLOW_QUICK if args.quick else bc.FlowConfig(), first_seed=args.first_seed)
+        results = bc.run_flow_convergence(config, log=log)
+        print(bc.format_flow_convergence(results, config))
+        written = bc.write_flow_outputs(results, config, args.out) if args.out else []
+    elif args.which == "convergence":
         config = bc._replace(bc.QUICK if args.quick else bc.Config(), first_seed=args.first_seed)
         results = bc.run_convergence(config, log=log)
         print(bc.format_convergence(results, config))
@@ -291,8 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--flow",
         action="store_true",
-        help="gmm: flow-matching models (true CFG and distilled guidance, Z-Sampling's rules and an RF-Sampling "
-        "analogue on flow schedules) instead of the ε-model run; writes flow.md/flow.json",
+        help="flow-matching models. gmm: true CFG and distilled guidance, Z-Sampling's rules and an RF-Sampling "
+        "analogue on flow schedules (writes flow.md/flow.json); convergence: the three rules with and without "
+        "zigzag on flow sigmas (exact GMMs in rectified-flow form), flow λ = log((1 − σ)/σ) against the VE "
+        "λ = −log σ for DPM++ 2M",
     )
     bench.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     bench.set_defaults(run=_bench)

@@ -13,81 +13,18 @@ Guidance interval (Kynkäänniemi et al., NeurIPS 2024): the scale applies only 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .seg import SEGState
+from .interval import GuidanceInterval, check_finite, effective_scale
+from .seg import SEGInterval, SEGState, combine, effective_seg_scale, seg_branches
+
+__all__ = ["CFGDenoiser", "CallCounter", "Conditioning", "GuidanceInterval", "check_finite", "effective_scale"]
 
 Conditioning = torch.Tensor | Mapping[str, Any]
-
-
-def check_finite(name: str, value: float) -> float:
-    """Return ``value`` as a float, or raise a ``ValueError`` naming ``name`` if it is not finite."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number (-inf < {name} < inf), got {value!r}")
-    return number
-
-
-@dataclass(frozen=True)
-class GuidanceInterval:
-    """The noise levels ``sigma_low ≤ σ ≤ sigma_high`` at which guidance is applied.
-
-    The paper's interval is given in σ of the EDM parameterisation, which is k-diffusion's σ.
-    ``sigma_high`` may be ``inf`` (guidance up to the noisiest step).
-    """
-
-    sigma_low: float
-    sigma_high: float = math.inf
-    parameter: ClassVar[str] = "guidance_interval"  # the name in error messages (SEG's interval: seg_interval)
-
-    def __post_init__(self) -> None:
-        low, high = float(self.sigma_low), float(self.sigma_high)
-        if math.isnan(low) or math.isnan(high) or low < 0 or math.isinf(low):
-            raise ValueError(
-                f"{self.parameter} must be (sigma_low, sigma_high) with 0 <= sigma_low <= sigma_high"
-                f" <= inf, got ({self.sigma_low!r}, {self.sigma_high!r})"
-            )
-        if low > high:
-            raise ValueError(
-                f"{self.parameter} must have sigma_low <= sigma_high (allowed: 0 <= sigma_low <= "
-                f"sigma_high <= inf), got sigma_low={low} > sigma_high={high}"
-            )
-        object.__setattr__(self, "sigma_low", low)
-        object.__setattr__(self, "sigma_high", high)
-
-    @classmethod
-    def parse(cls, value: GuidanceInterval | tuple[float, float] | None) -> GuidanceInterval | None:
-        """Accept ``None``, an interval, or a ``(sigma_low, sigma_high)`` pair."""
-        if value is None or isinstance(value, cls):
-            return value
-        if isinstance(value, GuidanceInterval):
-            return cls(value.sigma_low, value.sigma_high)
-        try:
-            low, high = value
-        except (TypeError, ValueError):
-            raise ValueError(f"{cls.parameter} must be a (sigma_low, sigma_high) pair, got {value!r}") from None
-        return cls(low, high)
-
-    def contains(self, sigma: float | torch.Tensor) -> bool:
-        sigma = float(sigma)
-        return self.sigma_low <= sigma <= self.sigma_high
-
-
-def effective_scale(scale: float, sigma: float | torch.Tensor, interval: GuidanceInterval | None) -> float:
-    """The CFG scale in effect at ``sigma``: ``scale`` inside the interval (or with none), else 1."""
-    if interval is None or interval.contains(sigma):
-        return scale
-    return 1.0
 
 
 def _select_rows(value: Any, batch: int) -> Any:
@@ -159,8 +96,6 @@ class CFGDenoiser(nn.Module):
         seg_interval: GuidanceInterval | tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
-        from .seg import SEGInterval
-
         self.inner_model = inner_model
         self.guidance_interval = GuidanceInterval.parse(guidance_interval)
         self.seg_state = seg_state
@@ -202,8 +137,6 @@ class CFGDenoiser(nn.Module):
 
     def _seg_scale_at(self, seg_scale: float, inversion_seg_scale: float, sigma: torch.Tensor) -> float:
         """s_seg in effect at ``sigma`` (0 outside the SEG interval); validates both SEG scales."""
-        from .seg import effective_seg_scale
-
         for name, value in (("seg_scale", seg_scale), ("inversion_seg_scale", inversion_seg_scale)):
             if check_finite(name, value) < 0:
                 raise ValueError(f"{name} must be a finite number >= 0 (0 = SEG off), got {value!r}")
@@ -227,8 +160,6 @@ class CFGDenoiser(nn.Module):
     ) -> torch.Tensor:
         """CFG + SEG on the batch ``[uncond, cond, cond_blur]`` (the official layout), or ``[cond, cond_blur]``
         at scale 1; an uncond that cannot be batched with cond (other token length) is a call of its own."""
-        from .seg import combine, seg_branches
-
         assert self.seg_state is not None
         batch = x.shape[0]
         cond_kwargs = _as_kwargs(_select_rows(cond, batch))

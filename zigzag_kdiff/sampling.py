@@ -36,6 +36,30 @@ Design decisions:
   paper's eq. 2, or DPM-Solver++(2M)) as it takes an inversion rule. A multistep rule's history is the
   previous step's *final* denoised prediction (after its zigzag rounds), moved with the latent for the
   re-denoising of an inverted latent; see :func:`step_dpmpp_2m` and :func:`moved_history`.
+
+Flow models (rectified flow: SD3/SD3.5, Flux; :mod:`zigzag_kdiff.flow`):
+
+* Parameterisation. ``x_σ = (1 − σ)·x₀ + σ·ε`` with ``σ ∈ (0, 1]``; the network predicts the velocity
+  ``v = ε − x₀`` and :class:`~zigzag_kdiff.flow.FlowDenoiser` returns ``D = x − σ·v``, so the derivative
+  ``(x − D)/σ = v`` and the probability-flow ODE is ``dx/dσ = v``. The samplers take ``flow=True`` (default
+  ``None``: :func:`~zigzag_kdiff.flow.is_flow` of the model) and then refuse sigmas above 1. The VE view of the
+  same latent is ``x/(1 − σ)`` at ``σ/(1 − σ)`` with the same D.
+* Euler rule: unchanged; an Euler step in σ is the flow Euler step, and the Euler inversion is exact in the
+  same sense as on VE latents. With ``zigzag_steps=0``: k-diffusion's ``sample_euler`` bit for bit.
+* DDIM rule: the DDIM step with η = 0 on a flow latent is the Euler step; the inversion keeps the released
+  code's approximation, the model at σ_i on the level-(i+1) latent, with no rescaling (the network's input is
+  the latent): ``x̃ = x + (σ_i − σ_{i+1})·(x − D(x; σ_i))/σ_i``. ``inversion_update="released"`` (the VP
+  scheduler's ᾱ rescalings) is refused on flow.
+* DPM++ 2M rule: the flow half-log-SNR ``λ = log((1 − σ)/σ)`` and signal scale ``α = 1 − σ``
+  (:data:`FLOW`, :func:`step_dpmpp_2m`); with ``zigzag_steps=0`` it is k-diffusion's ``sample_dpmpp_2m`` on the
+  VE view (to rounding; from σ_0 = 1, where the view is infinite, the first step is the Euler step).
+* Distilled guidance (guidance-distilled models such as Flux dev: one call per step whose guidance g is an
+  input of the network). g₁ is ``extra_args["guidance"]``, the caller's value, used by every denoising call;
+  ``inversion_guidance`` is g₂, used by every inversion call (through :class:`CallAtScale`'s ``guidance``
+  keyword); ``None`` keeps g₁. ``g₂ <= g₁`` is checked before any model call. True CFG (γ₁, γ₂) is
+  independent; with true CFG off (``cond_scale = inversion_scale = 1``) every call is one batch row.
+* Cost: ``T + 2λ`` model calls (``T_max = 1``), one row each on a distilled model with true CFG off; with
+  true CFG (SD3) 2 rows per guided call and 1 per inversion at γ₂ ∈ {0, 1}.
 """
 
 from __future__ import annotations
@@ -49,7 +73,7 @@ import torch
 from tqdm.auto import trange
 
 from .flow import is_flow
-from .guidance import GuidanceInterval, check_finite
+from .interval import GuidanceInterval, check_finite
 
 __all__ = [
     "append_dims",
@@ -309,13 +333,15 @@ def call_with_cond_scale(
     (the caller's dict is never mutated: hosts such as A1111's refiner switch mutate it themselves).
     With SEG (``seg_scale`` in ``extra_args``) the copy's ``seg_scale`` is ``extra_args["inversion_seg_scale"]``,
     default 0: inversion calls run without SEG unless asked (see :mod:`zigzag_kdiff.seg`).
-    With ``guidance`` (g₂) the copy's ``guidance`` is replaced too: a distilled model's inversion guidance.
+    With ``guidance`` (g₂) the copy's ``guidance`` is replaced too: a distilled model's inversion guidance
+    (a tensor of the same shape, dtype and device when the caller's g₁ is a tensor, else the float).
     """
     args = {**extra_args, "cond_scale": scale}
     if "seg_scale" in args:
         args["seg_scale"] = args.get("inversion_seg_scale", 0.0)
     if guidance is not None:
-        args["guidance"] = guidance
+        current = args.get("guidance")
+        args["guidance"] = torch.full_like(current, guidance) if isinstance(current, torch.Tensor) else guidance
     return model(x, sigma, **args)
 
 
@@ -748,6 +774,10 @@ def sample_zigzag_dpmpp_2m(
 
     On flow latents the step uses the flow half-log-SNR λ = log((1 − σ)/σ) (see :func:`step_dpmpp_2m`);
     with ``zigzag_steps=0`` it equals ``sample_dpmpp_2m`` on the VE view ``x/(1 − σ)``, ``σ/(1 − σ)``.
+    Measured on exact flow GMMs (``zigzag-kdiff bench convergence --flow``): order 2.0–2.2 per doubling at
+    T = 40 → 80 on ``linspace(1, 0.001)`` and SD3's shift-3 schedule. The VE λ = −log σ applied to flow sigmas
+    is another exponential integrator of the same ODE (both first-order forms are the Euler step): also second
+    order, with 1.1–1.8× the error at T = 10–20.
     """
     space = latent_space(model, flow)
     return _sample_zigzag(

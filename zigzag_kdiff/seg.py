@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .guidance import GuidanceInterval
+from .interval import GuidanceInterval
 
 __all__ = [
     "INFINITE_BLUR_THRESHOLD",

@@ -11,6 +11,12 @@
   sweep of standard DPM++ 2M (and standard Euler) at the same T, interpolated at the method's adherence,
   as in ``bench gmm`` (:func:`zigzag_kdiff.bench.gmm.matched`).
 
+``zigzag-kdiff bench convergence --flow`` (the same mixtures in rectified-flow form,
+:class:`~zigzag_kdiff.bench.mixture.FlowMixtureVelocity`): the three rules with and without zigzag on flow
+sigmas (``linspace(1, σ_min)`` and SD3's shift-3 schedule), the order per doubling of each, and DPM++ 2M
+with the VE half-log-SNR λ = −log σ applied directly to the flow sigmas (what a VE-only sampler does on a flow
+model) beside the flow formula λ = log((1 − σ)/σ).
+
 ``zigzag-kdiff bench shapes-dpmpp`` (the bundled shapes16 model, DDIM sigmas): zigzag DPM++ 2M against
 DPM++ 2M at T = 10 and 20 on paired images (same prompt and seed), with the statistics of ``bench shapes``
 (Wilson intervals, paired bootstrap Δ, McNemar's exact test).
@@ -28,17 +34,32 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..flow import FlowDenoiser
 from ..guidance import CFGDenoiser
-from ..sampling import Denoise, _sample_zigzag, invert_euler, step_dpmpp_2m
+from ..sampling import (
+    Denoise,
+    _sample_zigzag,
+    invert_euler,
+    sample_zigzag_ddim,
+    sample_zigzag_dpmpp_2m,
+    sample_zigzag_euler,
+    step_dpmpp_2m,
+)
 from . import common, gmm, shapes, shapes_task
 from .common import Method, save_figure
-from .mixture import UNCONDITIONAL
+from .mixture import UNCONDITIONAL, FlowMixtureVelocity
 
 __all__ = [
     "Config",
     "QUICK",
     "run_convergence",
     "format_convergence",
+    "FlowConfig",
+    "FLOW_QUICK",
+    "flow_sigmas",
+    "run_flow_convergence",
+    "format_flow_convergence",
+    "write_flow_outputs",
     "write_outputs",
     "ShapesConfig",
     "SHAPES_QUICK",
@@ -435,6 +456,142 @@ def plot_matched(results: list[DimConvergence], path: Path) -> Path:
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     return save_figure(fig, path)
+
+
+# --- flow models: the rules on flow sigmas (``bench convergence --flow``) ----------------------------------
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    mixtures: tuple[gmm.Mixture, ...] = gmm.MIXTURES[:2]  # d = 2 and d = 16
+    seeds: int = 4
+    first_seed: int = 0
+    per_class: int = 32
+    scale: float = 4.0  # γ₁ (γ₂ = 0, λ = T − 1 for the zigzag rows)
+    steps: tuple[int, ...] = (10, 20, 40, 80)
+    reference_steps: int = 640
+    schedules: tuple[str, ...] = ("linear", "sd3")
+    sigma_min: float = 1e-3  # the last nonzero level before the final step to 0 (before the shift)
+    shift: float = 3.0  # SD3's static shift σ' = shift·σ/(1 + (shift − 1)·σ)
+    methods: tuple[str, ...] = ()  # names of FLOW_METHODS to run (empty: all)
+
+
+FLOW_QUICK = FlowConfig(mixtures=gmm.MIXTURES[:1], seeds=4, per_class=16, steps=(10, 20, 40), reference_steps=320)
+
+FLOW_SCHEDULES = {
+    "linear": "linspace(1, σ_min, T), then 0",
+    "sd3": "SD3's shift-3 schedule: σ' = 3σ/(1 + 2σ) on linspace(1, σ_min, T), then 0",
+}
+
+FLOW_METHODS: tuple[tuple[str, Any, dict[str, Any]], ...] = (
+    ("zigzag Euler", sample_zigzag_euler, {}),
+    ("zigzag DDIM", sample_zigzag_ddim, {}),
+    ("zigzag DPM++ 2M", sample_zigzag_dpmpp_2m, {}),
+    ("Euler (= DDIM at λ = 0)", sample_zigzag_euler, {"zigzag_steps": 0}),
+    ("DPM++ 2M", sample_zigzag_dpmpp_2m, {"zigzag_steps": 0}),
+    ("DPM++ 2M, VE λ = −log σ on flow sigmas", sample_zigzag_dpmpp_2m, {"zigzag_steps": 0, "flow": False}),
+    ("zigzag DPM++ 2M, VE λ = −log σ on flow sigmas", sample_zigzag_dpmpp_2m, {"flow": False}),
+)
+"""``(name, sampler, options)`` of the flow table; every row samples the flow model at γ₁, γ₂ = 0."""
+
+
+def flow_sigmas(steps: int, schedule: str = "linear", sigma_min: float = 1e-3, shift: float = 3.0) -> torch.Tensor:
+    """Flow noise levels from 1: ``linspace(1, sigma_min, steps)`` (``"sd3"``: then SD3's static shift), then 0."""
+    if schedule not in FLOW_SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(FLOW_SCHEDULES)}, got {schedule!r}")
+    sigmas = torch.linspace(1.0, sigma_min, steps, dtype=torch.float64)
+    if schedule == "sd3":
+        sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+@dataclass
+class FlowConvergence:
+    mixture: gmm.Mixture
+    schedule: str
+    convergence: list[Convergence] = field(default_factory=list)
+
+
+def run_flow_convergence(config: FlowConfig = FlowConfig(), log=None) -> list[FlowConvergence]:
+    """Per mixture and schedule, the error of every :data:`FLOW_METHODS` row to itself at ``reference_steps``."""
+    torch.set_num_threads(1)
+    gmm_config = gmm.Config(seeds=config.seeds, first_seed=config.first_seed, per_class=config.per_class)
+    results = []
+    for mixture in config.mixtures:
+        model = CFGDenoiser(FlowDenoiser(FlowMixtureVelocity(mixture.build())))
+        noise, labels = gmm.initial_noise(gmm_config, mixture)  # the flow latent at σ = 1 is the noise
+        args = {"cond": labels, "uncond": torch.full_like(labels, UNCONDITIONAL), "cond_scale": config.scale}
+        for schedule in config.schedules:
+            result = FlowConvergence(mixture, schedule)
+            for name, sampler, options in FLOW_METHODS:
+                if config.methods and name not in config.methods:
+                    continue
+                start = time.perf_counter()
+                runs = {}
+                for steps in (config.reference_steps, *config.steps):
+                    sigmas = flow_sigmas(steps, schedule, config.sigma_min, config.shift)
+                    runs[steps] = sampler(model, noise * sigmas[0], sigmas, args, disable=True, **options)
+                reference = runs[config.reference_steps]
+                errors = {steps: _per_seed_error(runs[steps], reference, config.seeds) for steps in config.steps}
+                result.convergence.append(Convergence(name, config.steps, errors))
+                if log:
+                    log(f"  d={mixture.dim} {schedule} {name}: {time.perf_counter() - start:.1f}s")
+            results.append(result)
+    return results
+
+
+def format_flow_convergence(results: list[FlowConvergence], config: FlowConfig) -> str:
+    ts = config.steps
+    doubling = [t for t in ts if 2 * t in ts]
+    lines = [
+        "## Flow models: the step rules on flow sigmas (exact GMMs in rectified-flow form)",
+        "",
+        f"γ₁ = {config.scale:g}, γ₂ = 0, λ = T − 1 for zigzag; σ_min = {config.sigma_min:g}; {config.seeds} seeds × "
+        f"{config.per_class} samples per class. Error to the same method at T = {config.reference_steps}: mean "
+        "‖x_T − x_ref‖ over samples, mean [95 % CI] over seeds; order = log₂(e_T / e_2T) per doubling. "
+        "DPM++ 2M uses the flow half-log-SNR λ = log((1 − σ)/σ) unless the row says VE.",
+    ]
+    for result in results:
+        m = result.mixture
+        lines += [
+            "",
+            f"### d = {m.dim}, {FLOW_SCHEDULES[result.schedule]}",
+            "",
+            "| method | " + " | ".join([f"T={t}" for t in ts] + [f"order {t}→{2 * t}" for t in doubling]) + " |",
+            "|---|" + "---:|" * (len(ts) + len(doubling)),
+        ]
+        for conv in result.convergence:
+            cells = [gmm._ci(gmm.mean_ci(conv.errors[t]), 3, signed=False) for t in ts]
+            cells += [gmm._ci(order_per_doubling(conv.errors, t), 2, signed=False) for t in doubling]
+            lines.append(f"| {conv.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def flow_to_json(results: list[FlowConvergence], config: FlowConfig) -> dict[str, Any]:
+    return {
+        "config": asdict(config),
+        "results": [
+            {
+                "mixture": asdict(r.mixture),
+                "schedule": r.schedule,
+                "errors": {c.name: {str(t): v for t, v in c.errors.items()} for c in r.convergence},
+                "order": {
+                    c.name: {str(t): order_per_doubling(c.errors, t) for t in c.steps if 2 * t in c.errors}
+                    for c in r.convergence
+                },
+            }
+            for r in results
+        ],
+    }
+
+
+def write_flow_outputs(results: list[FlowConvergence], config: FlowConfig, folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "convergence_flow.md", folder / "convergence_flow.json"]
+    written[0].write_text(format_flow_convergence(results, config))
+    written[1].write_text(json.dumps(flow_to_json(results, config), indent=1, allow_nan=True) + "\n")
+    return written
 
 
 # --- shapes: zigzag DPM++ 2M against DPM++ 2M --------------------------------------------------------------
