@@ -85,3 +85,17 @@ def test_quick_run_distilled_guidance_is_true_cfg_at_fewer_rows(quick_run):
                 assert run["rows_per_sample"] <= runs[("CFG", scale)]["rows_per_sample"]
         deltas = [row["vs_cfg_fd"][0] for row in result["summary"]]
         assert any(np.isfinite(deltas))  # matched adherence found for some rows
+
+
+def test_quick_run_equal_rows_baselines_and_json_round_trip(quick_run, tmp_path, capsys):
+    """Each summary row names its equal-rows sweep (true CFG at ⌈(5T − 3)/2⌉ steps, distilled at 3T − 2), and
+    --from-json re-renders the same tables from the stored per-seed metrics."""
+    folder, data = quick_run
+    T = data["config"]["steps"]
+    steps = {(r["method"]["family"]): r["method"]["steps"] for r in data["results"][0]["runs"]}
+    assert steps["CFG, equal rows"] == -(-(5 * T - 3) // 2) and steps["distilled, equal rows"] == 3 * T - 2
+    for row in data["results"][0]["summary"]:
+        distilled = "distilled" in row["family"] or row["family"].startswith("RF")
+        assert row["equal_rows_baseline"] == ("distilled, equal rows" if distilled else "CFG, equal rows")
+    assert main(["bench", "gmm", "--flow", "--from-json", str(folder / "flow.json"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "flow.md").read_text() == (folder / "flow.md").read_text()

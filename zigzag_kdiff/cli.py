@@ -70,7 +70,10 @@ def _bench_gmm_flow(args: argparse.Namespace) -> None:
     if args.first_seed is not None:
         config = replace(config, first_seed=args.first_seed)
     start = time.perf_counter()
-    results = bench_flow.run_flow(config, log=_log if args.verbose else None)
+    if args.from_json:  # re-render the tables and plot from stored per-seed metrics
+        results, config = bench_flow.load_json(args.from_json)
+    else:
+        results = bench_flow.run_flow(config, log=_log if args.verbose else None)
     print(bench_flow.format_flow(results, config))
     if args.out:
         for path in bench_flow.write_outputs(results, config, args.out):
@@ -280,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", help="shapes: a diffusers folder (default: the bundled shapes16 model)")
     bench.add_argument("--threads", type=int, help="shapes: torch threads (default 1: fastest on a busy machine)")
     bench.add_argument(
-        "--from-json", help="shapes/shapes-dpmpp: re-render the tables and plots of a stored shapes(_dpmpp).json"
+        "--from-json",
+        help="shapes/shapes-dpmpp/gmm --flow: re-render the tables and plots of a stored shapes(_dpmpp).json "
+        "or flow.json",
     )
     bench.add_argument(
         "--first-seed",

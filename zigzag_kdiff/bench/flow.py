@@ -51,6 +51,7 @@ from .gmm import (
     ZIGZAG_SCALES,
     DimResult,
     Mixture,
+    Run,
     _ci,
     _fmt,
     equivalent_scale,
@@ -149,6 +150,19 @@ class FlowConfig:
     inversion_guidance: float = 1.0  # g₂ of the distilled Z-Sampling rows (the library's default for Flux)
     merge_ratio: float = 0.5  # RF-Sampling's γ (the paper's default)
     alpha: int = 1  # RF-Sampling's α (the paper's FLUX-Dev default)
+    headline_scale: float = 5.5  # the summary table's γ₁ = g₁ (the largest zigzag scale up to it)
+
+    @property
+    def equal_row_steps(self) -> tuple[int, int]:
+        """Steps of plain sampling with at least Z-Sampling's rows: true CFG 2T + 3(T − 1) at 2 rows a step
+        (γ₂ = 0: one-row inversions), distilled T + 2(T − 1) at 1 row a step (Z and the RF analogue alike)."""
+        T = self.steps
+        return math.ceil((2 * T + 3 * (T - 1)) / 2), T + 2 * (T - 1)
+
+    @property
+    def headline(self) -> float:
+        scales = [g for g in self.zigzag_scales if self.inversion_guidance < g <= self.headline_scale]
+        return max(scales) if scales else max(self.zigzag_scales)
 
 
 QUICK = FlowConfig(
@@ -166,6 +180,12 @@ def methods_for(config: FlowConfig, schedule: str) -> list[FlowMethod]:
     out = [FlowMethod("CFG", "standard", "cfg", s, T, schedule) for s in config.cfg_scales]
     out += [FlowMethod("CFG, DPM++ 2M", "standard_dpmpp_2m", "cfg", s, T, schedule) for s in config.cfg_scales]
     out += [FlowMethod("distilled", "standard", "distilled", s, T, schedule) for s in config.cfg_scales]
+    cfg_rows, distilled_rows = config.equal_row_steps
+    out += [FlowMethod("CFG, equal rows", "standard", "cfg", s, cfg_rows, schedule) for s in config.cfg_scales]
+    out += [
+        FlowMethod("distilled, equal rows", "standard", "distilled", s, distilled_rows, schedule)
+        for s in config.cfg_scales
+    ]
     for rule in ("euler", "ddim", "dpmpp_2m"):
         out += [FlowMethod(f"Z {rule}, CFG γ₂=0", rule, "cfg", g, T, schedule, 0.0) for g in config.zigzag_scales]
         out += [
@@ -184,6 +204,11 @@ def methods_for(config: FlowConfig, schedule: str) -> list[FlowMethod]:
         for g in config.zigzag_scales
     ]
     return out
+
+
+def equal_rows_baseline_of(method: FlowMethod) -> str:
+    """The plain sweep with as many rows per sample as the method (more steps)."""
+    return "CFG, equal rows" if method.guidance == "cfg" else "distilled, equal rows"
 
 
 def baseline_of(method: FlowMethod) -> str:
@@ -284,7 +309,7 @@ def run_flow(config: FlowConfig = FlowConfig(), log=None) -> list[FlowResult]:
 
 # --- tables -----------------------------------------------------------------------------------------
 
-SWEEPS = ("CFG", "CFG, DPM++ 2M", "distilled")
+SWEEPS = ("CFG", "CFG, DPM++ 2M", "distilled", "CFG, equal rows", "distilled, equal rows")
 
 
 def rising_sweep(result: DimResult, family: str) -> DimResult:
@@ -318,6 +343,9 @@ def summary_rows(flow: FlowResult) -> list[dict[str, Any]]:
             row["cfg_equivalent"] = mean_ci(equivalent_scale(sweep, run, baseline))
             for metric in ("fd", "logp", "spread"):
                 row[f"vs_cfg_{metric}"] = mean_ci(matched(sweep, run, metric, baseline))
+            equal = equal_rows_baseline_of(run.method)
+            row["equal_rows_baseline"] = equal
+            row["vs_equal_rows_fd"] = mean_ci(matched(rising_sweep(result, equal), run, "fd", equal))
             rows.append(row)
     flow._summary = rows
     return rows
@@ -351,18 +379,20 @@ def format_result(flow: FlowResult, config: FlowConfig) -> str:
         "favours the method; \"out of range\": the method's adherence is outside the sweep's.",
         "",
         "| method | rows/sample | adherence | accuracy | FD | spread | CFG-equivalent scale | ΔFD vs CFG "
-        "| Δlog p vs CFG | Δspread vs CFG |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Δlog p vs CFG | Δspread vs CFG | ΔFD vs equal rows |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in summary_rows(flow):
         lines.append(
             f"| {row['method']} | {row['rows']:g} | {_fmt(row['logit'][0])} | {_fmt(row['accuracy'][0], 3)} "
             f"| {_fmt(row['fd'][0], 3)} | {_fmt(row['spread'][0], 3)} | {_fmt(row['cfg_equivalent'][0])} "
-            f"| {_ci(row['vs_cfg_fd'], 3)} | {_ci(row['vs_cfg_logp'])} | {_ci(row['vs_cfg_spread'], 3)} |"
+            f"| {_ci(row['vs_cfg_fd'], 3)} | {_ci(row['vs_cfg_logp'])} | {_ci(row['vs_cfg_spread'], 3)} "
+            f"| {_ci(row['vs_equal_rows_fd'], 3)} |"
         )
     lines += [
         "",
-        "Sweeps (adherence / FD per scale; the distilled sweep gives the CFG sweep's samples at half the rows):",
+        "Sweeps (adherence / FD per scale; the distilled sweep gives the CFG sweep's samples at half the rows; "
+        f"equal rows: T = {config.equal_row_steps[0]} and {config.equal_row_steps[1]}):",
         "",
         "| sweep | rows/sample | " + " | ".join(f"{s:g}" for s in config.cfg_scales) + " |",
         "|---|---:|" + "---:|" * len(config.cfg_scales),
@@ -389,8 +419,8 @@ def format_result(flow: FlowResult, config: FlowConfig) -> str:
 
 
 def headline_rows(results: list[FlowResult], config: FlowConfig) -> list[dict[str, Any]]:
-    """Per mixture, schedule and family: the row at the largest γ₁/g₁ that every family has."""
-    scale = max(g for g in config.zigzag_scales if g > config.inversion_guidance)
+    """Per mixture, schedule and family: the row at γ₁ = g₁ = ``config.headline``."""
+    scale = config.headline
     rows = []
     for flow in results:
         for row in summary_rows(flow):
@@ -400,18 +430,24 @@ def headline_rows(results: list[FlowResult], config: FlowConfig) -> list[dict[st
 
 
 def format_headline(results: list[FlowResult], config: FlowConfig) -> str:
-    scale = max(g for g in config.zigzag_scales if g > config.inversion_guidance)
+    scale = config.headline
     lines = [
-        f"## Summary at γ₁ = g₁ = {scale:g} (T = {config.steps}; ΔFD vs CFG at matched adherence, mean [95 % CI])",
+        f"## Summary at γ₁ = g₁ = {scale:g} (T = {config.steps}; ΔFD at matched adherence, mean [95 % CI])",
         "",
-        "| d | schedule | method | rows/sample | CFG-equivalent scale | ΔFD vs CFG |",
-        "|---:|---|---|---:|---:|---:|",
+        "| d | schedule | method | rows/sample | CFG-equivalent scale | ΔFD vs CFG | ΔFD vs equal rows |",
+        "|---:|---|---|---:|---:|---:|---:|",
     ]
     for row in headline_rows(results, config):
         lines.append(
             f"| {row['dim']} | {row['schedule']} | {row['family']} | {row['rows']:g} "
-            f"| {_fmt(row['cfg_equivalent'][0])} | {_ci(row['vs_cfg_fd'], 3)} |"
+            f"| {_fmt(row['cfg_equivalent'][0])} | {_ci(row['vs_cfg_fd'], 3)} | {_ci(row['vs_equal_rows_fd'], 3)} |"
         )
+    cfg_steps, distilled_steps = config.equal_row_steps
+    lines += [
+        "",
+        f"Equal rows: plain sampling with as many model rows per sample, true CFG at T = {cfg_steps} (against the "
+        f"true-CFG rows), distilled at T = {distilled_steps} (against the distilled and RF rows).",
+    ]
     return "\n".join(lines)
 
 
@@ -444,6 +480,26 @@ def to_json(results: list[FlowResult], config: FlowConfig) -> dict[str, Any]:
             for flow in results
         ],
     }
+
+
+def load_json(path: str | Path) -> tuple[list[FlowResult], FlowConfig]:
+    """Results and config of a stored ``flow.json`` (per-seed metrics; re-renders its tables and plot)."""
+    data = json.loads(Path(path).read_text())
+    raw = data["config"]
+    config = FlowConfig(
+        **{
+            **raw,
+            "mixtures": tuple(Mixture(**m) for m in raw["mixtures"]),
+            **{k: tuple(raw[k]) for k in ("schedules", "cfg_scales", "zigzag_scales")},
+        }
+    )
+    results = []
+    for entry in data["results"]:
+        result = DimResult(Mixture(**entry["mixture"]))
+        for run in entry["runs"]:
+            result.runs.append(Run(FlowMethod(**run["method"]), run["rows_per_sample"], 0.0, run["metrics"]))
+        results.append(FlowResult(result.mixture, entry["schedule"], result, entry["identity"]))
+    return results, config
 
 
 def write_outputs(results: list[FlowResult], config: FlowConfig, folder: str | Path) -> list[Path]:
