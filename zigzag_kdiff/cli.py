@@ -326,6 +326,8 @@ def _bench(args: argparse.Namespace) -> int:
         from .bench.common import format_cost, run_cost
 
         print(format_cost(run_cost(steps=args.steps, repeats=args.repeats), args.steps))
+    elif args.which == "gmm" and args.flow:
+        _bench_gmm_flow(args)
     elif args.which == "gmm":
         from .bench import gmm as bench_gmm
 
@@ -366,6 +368,26 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.which in ("convergence", "shapes-dpmpp"):
         _bench_convergence(args)
     return 0
+
+
+def _bench_gmm_flow(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from .bench import flow as bench_flow
+
+    config = bench_flow.QUICK if args.quick else bench_flow.FlowConfig()
+    if args.first_seed is not None:
+        config = replace(config, first_seed=args.first_seed)
+    start = time.perf_counter()
+    if args.from_json:  # re-render the tables and plot from stored per-seed metrics
+        results, config = bench_flow.load_json(args.from_json)
+    else:
+        results = bench_flow.run_flow(config, log=_log if args.verbose else None)
+    print(bench_flow.format_flow(results, config))
+    if args.out:
+        for path in bench_flow.write_outputs(results, config, args.out):
+            _log(f"wrote {path}")
+    _log(f"bench gmm --flow: {time.perf_counter() - start:.0f}s")
 
 
 def _bench_convergence(args: argparse.Namespace) -> None:
@@ -675,7 +697,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=positive_int, help="shapes: torch threads, >= 1 (default 1: fastest on a busy machine)"
     )
     bench.add_argument(
-        "--from-json", help="shapes/shapes-dpmpp: re-render the tables and plots of a stored shapes(_dpmpp).json"
+        "--from-json",
+        help="shapes/shapes-dpmpp/gmm --flow: re-render the tables and plots of a stored shapes(_dpmpp).json "
+        "or flow.json",
     )
     bench.add_argument(
         "--first-seed",
@@ -691,8 +715,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--flow",
         action="store_true",
-        help="convergence: the three rules with and without zigzag on flow sigmas (exact GMMs in rectified-flow "
-        "form), flow λ = log((1 − σ)/σ) against the VE λ = −log σ for DPM++ 2M",
+        help="flow-matching models. gmm: true CFG and distilled guidance, Z-Sampling's rules and an RF-Sampling "
+        "analogue on flow schedules (writes flow.md/flow.json); convergence: the three rules with and without "
+        "zigzag on flow sigmas (exact GMMs in rectified-flow form), flow λ = log((1 − σ)/σ) against the VE "
+        "λ = −log σ for DPM++ 2M",
     )
     bench.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     bench.set_defaults(run=_bench)

@@ -65,7 +65,7 @@ Flow models (rectified flow: SD3/SD3.5, Flux; :mod:`zigzag_kdiff.flow`):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any, Literal, Protocol
 
@@ -91,6 +91,8 @@ __all__ = [
     "sample_zigzag_euler",
     "sample_zigzag_ddim",
     "sample_zigzag_dpmpp_2m",
+    "rf_text_embedding",
+    "sample_rf_euler",
 ]
 
 
@@ -802,3 +804,129 @@ def sample_zigzag_dpmpp_2m(
 sample_zigzag_euler.__doc__ += _ZIGZAG_ARGS_DOC  # type: ignore[operator]
 sample_zigzag_ddim.__doc__ += _ZIGZAG_ARGS_DOC  # type: ignore[operator]
 sample_zigzag_dpmpp_2m.__doc__ += _ZIGZAG_ARGS_DOC  # type: ignore[operator]
+
+
+# --- Reflective Flow Sampling (RF-Sampling, Zhou et al. 2026) -------------------------------------
+
+
+def rf_text_embedding(
+    c_text: torch.Tensor | Mapping[str, Any], c_uncond: torch.Tensor | Mapping[str, Any], s: float, beta: float
+) -> torch.Tensor | dict[str, Any]:
+    """RF-Sampling's text state ``c_w(s, β) = c_text + s·c_mix(β)``, ``c_mix(β) = β·c_text + (1 − β)·c_uncond``.
+
+    ``beta`` is the interpolation weight β, ``s`` the amplification weight; the paper's high state is
+    ``(s_high, β_high)``, its low state ``(s_low, β_low)``. Tensors, or mappings of them (e.g. a host's
+    ``{"encoder_hidden_states": …, "pooled_projections": …}``), combined leaf by leaf; other leaves are kept
+    from ``c_text``. Which encoder outputs to combine, and what ``c_uncond`` is on a model trained without an
+    empty prompt, the paper does not state (see docs/evidence.md, "Flow models").
+    """
+    s, beta = check_finite("s", s), check_finite("beta", beta)
+    if isinstance(c_text, Mapping):
+        if not isinstance(c_uncond, Mapping) or c_uncond.keys() != c_text.keys():
+            raise ValueError("c_text and c_uncond must both be tensors or mappings with the same keys")
+        return {k: rf_text_embedding(c_text[k], c_uncond[k], s, beta) for k in c_text}
+    if not isinstance(c_text, torch.Tensor):
+        return c_text
+    if not isinstance(c_uncond, torch.Tensor) or c_uncond.shape[1:] != c_text.shape[1:]:
+        raise ValueError("c_uncond must be a tensor of the shape of c_text (batch dimension aside)")
+    return c_text + s * (beta * c_text + (1 - beta) * c_uncond)
+
+
+def _check_rf_options(
+    high_args: Mapping[str, Any], low_args: Mapping[str, Any], merge_ratio: float, alpha: int
+) -> float:
+    for name, value in (("high_args", high_args), ("low_args", low_args)):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{name} must be a mapping of model keyword arguments, got {type(value).__name__}")
+    merge_ratio = check_finite("merge_ratio", merge_ratio)
+    if merge_ratio < 0:
+        raise ValueError(f"merge_ratio (γ) must be a finite number >= 0 (the paper's default 0.5), got {merge_ratio:g}")
+    if not isinstance(alpha, int) or isinstance(alpha, bool) or alpha < 1:
+        raise ValueError(f"alpha (α) must be an integer >= 1 (ODE steps of the reflection), got {alpha!r}")
+    for key in ("cond_scale", "guidance"):  # the reflection needs a weaker low condition (β_high > β_low)
+        high, low = high_args.get(key), low_args.get(key)
+        if isinstance(high, (int, float)) and isinstance(low, (int, float)) and low > high:
+            raise ValueError(
+                f"low_args[{key!r}] must be <= high_args[{key!r}] = {high:g} (a low-weight inversion after a "
+                f"high-weight denoising), got {low:g}"
+            )
+    return merge_ratio
+
+
+@torch.no_grad()
+def sample_rf_euler(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, Any]], Any] | None = None,
+    disable: bool | None = None,
+    *,
+    high_args: Mapping[str, Any],
+    low_args: Mapping[str, Any],
+    merge_ratio: float = 0.5,
+    alpha: int = 1,
+    reflective_steps: int | None = None,
+    flow: bool | None = None,
+) -> torch.Tensor:
+    """Reflective Flow Sampling (RF-Sampling, Zhou et al. 2026, arXiv 2603.06165) with Euler steps and inversions.
+
+    Reflective step i (x at σ_i), in the paper's three stages:
+
+    1. high-weight denoising: α Euler steps σ_i → σ_{i+α} with the high condition (``{**extra_args, **high_args}``);
+    2. low-weight inversion: α Euler inversions back to σ_i with the low condition, giving the reflected x̃;
+    3. merge and normal denoising: ``x'' = x + γ·(x̃ − x)`` (γ = ``merge_ratio``; Theorem 1's ascent step
+       along the reflective displacement), then one Euler step σ_i → σ_{i+1} with ``extra_args``.
+
+    Non-reflective steps are plain Euler steps. ``2α + 1`` model calls per reflective step (α = 1: 3).
+    The paper's conditions are text representations, ``c_high = c_w(s_high, β_high)`` and
+    ``c_low = c_w(s_low, β_low)`` (:func:`rf_text_embedding`), which the caller builds with its text encoder and
+    passes in ``high_args``/``low_args`` (e.g. ``{"cond": c_high}``); any other model keyword works the same way
+    (``{"guidance": g}`` for a distilled model, ``{"cond_scale": γ}`` for CFG). The paper's defaults: β_high = 0.7,
+    β_low = 0.3, γ = 0.5; FLUX-Dev s_high = 3.5, s_low = 0, α = 1 (50 steps); FLUX-Lite s_high = 9, s_low = −1,
+    α = 2 (28 steps); all steps reflective. With γ = 1, α = 1, no high override and ``low_args={"cond_scale": γ₂}``
+    this is :func:`sample_zigzag_euler` with ``inversion_scale=γ₂``; with γ = 0 it is plain Euler sampling.
+
+    Args:
+        model, x, sigmas, extra_args, callback, disable: as :func:`sample_zigzag_euler` (``extra_args`` is the
+            normal condition of stage 3 and of the plain steps).
+        high_args: model keyword arguments that replace ``extra_args``' in the high-weight denoising calls.
+        low_args: the same for the low-weight inversion calls.
+        merge_ratio: γ, the step along the reflection, finite and ``>= 0`` (default 0.5, the paper's).
+        alpha: α, ODE steps of the denoising and of the inversion, integer ``>= 1``; fewer near the end of
+            the schedule (a reflection never reaches σ = 0, where the Euler inversion is undefined).
+        reflective_steps: reflect on steps ``0 … n−1``, in ``[0, steps − 1]``; default ``steps − 1`` (all steps
+            whose target is not σ = 0, the paper's best setting).
+        flow: as :func:`sample_zigzag_euler` (the Euler rule is the same on flow and VE latents; flow sigmas
+            must lie in [0, 1]).
+    """
+    extra_args = {} if extra_args is None else extra_args
+    _check_sigmas(sigmas)
+    if latent_space(model, flow) is FLOW and float(sigmas[0]) > 1:
+        raise ValueError(
+            f"sigmas of a flow latent must lie in [0, 1] (x = (1 − σ)·x₀ + σ·ε), got sigmas[0]={float(sigmas[0]):.6g}"
+        )
+    steps = len(sigmas) - 1
+    reflective_steps = _check_zigzag_options(steps, reflective_steps, 1)
+    merge_ratio = _check_rf_options(high_args, low_args, merge_ratio, alpha)
+    plan = zigzag_plan(sigmas, reflective_steps)
+    high, low = {**extra_args, **high_args}, {**extra_args, **low_args}
+    last_noisy = max(j for j in range(steps + 1) if float(sigmas[j]) > 0) if float(sigmas[0]) > 0 else 0
+    s_in = x.new_ones([x.shape[0]])
+    for i in trange(steps, disable=disable):
+        sigma = sigmas[i]
+        if plan[i]:
+            sub_steps = min(alpha, last_noisy - i)  # σ_{i+α} > 0
+            x_high = x
+            for j in range(i, i + sub_steps):  # stage 1: high-weight denoising
+                x_high = step_euler(x_high, model(x_high, sigmas[j] * s_in, **high), sigmas, j, None)
+            reflected = x_high
+            for j in reversed(range(i, i + sub_steps)):  # stage 2: low-weight inversion, back to σ_i
+                reflected = invert_euler(lambda x_in, s: model(x_in, s * s_in, **low), reflected, sigmas, j)
+            x = torch.lerp(x, reflected, merge_ratio)  # stage 3: x'' = x + γ·(x̃ − x) (exact at γ = 0 and 1)
+        denoised = model(x, sigma * s_in, **extra_args)  # stage 3 (or a plain step): normal denoising
+        x_next = step_euler(x, denoised, sigmas, i, None)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+        x = x_next
+    return x

@@ -197,9 +197,10 @@ def sample_metrics(model: GaussianMixture, x: torch.Tensor, labels: torch.Tensor
     }
 
 
-def run_method(model: GaussianMixture, method: Method, noise, labels, config: Config) -> Run:
+def run_method(model: GaussianMixture, method: Method, noise, labels, config: Config, sampler=None) -> Run:
+    """Sample ``method`` (with ``sampler``, default :func:`sample`; same signature) and score it per seed."""
     start = time.perf_counter()
-    x, rows = sample(model, method, noise, labels, config)
+    x, rows = (sample if sampler is None else sampler)(model, method, noise, labels, config)
     per_seed = len(noise) // config.seeds
     metrics: dict[str, list[float]] = {name: [] for name in METRICS}
     for s in range(config.seeds):
