@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from .flow import FlowDenoiser
+from .flow import DEFAULT_INVERSION_GUIDANCE, FlowDenoiser, default_inversion_guidance
 from .guidance import CallCounter, CFGDenoiser, GuidanceInterval, check_finite
 from .kdiffusion import SAMPLERS
 from .models import FluxVelocity, SD3Velocity, UNetEps
@@ -91,10 +91,6 @@ FAMILY_SCHEDULE = {"sd": "karras", "sd3": "model", "flux": "model"}
 """``generate()``'s default ``schedule`` per :func:`model_family`: Karras for SD/SDXL, the pipeline's own shifted
 sigmas for SD3 and Flux."""
 
-DEFAULT_INVERSION_GUIDANCE = 1.0
-"""g₂ of the inversion calls on guidance-distilled models when ``inversion_guidance`` is not given (or g₁ if
-that is lower): the conditional prediction of the idealised D_g = D_u + g·(D_c − D_u); the RF-Sampling
-paper gives no other value (see the docs)."""
 
 TINY_MODELS = {
     "tiny": "sd15",
@@ -739,7 +735,7 @@ def guidance_defaults(
     cfg_scale = check_finite("cfg_scale", cfg_scale)
     guidance = _distilled_guidance(pipe, family, distilled_guidance)
     inversion_scale = 1.0 if family != "sd" and cfg_scale == 1 else None  # true CFG off: the prompt, one row
-    inversion_guidance = None if guidance is None else min(DEFAULT_INVERSION_GUIDANCE, guidance)
+    inversion_guidance = default_inversion_guidance(guidance)
     return cfg_scale, guidance, inversion_scale, inversion_guidance
 
 

@@ -19,7 +19,19 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["FlowDenoiser", "is_flow"]
+__all__ = ["DEFAULT_INVERSION_GUIDANCE", "FlowDenoiser", "default_inversion_guidance", "is_flow"]
+
+DEFAULT_INVERSION_GUIDANCE = 1.0
+"""g₂, the distilled guidance of the inversion calls on guidance-distilled models (Flux dev), where a host's user
+does not set it (every host uses this default): in the idealised D_g = D_u + g·(D_c − D_u), g = 1 is the
+conditional prediction, the lowest value Flux dev is normally run at; RF-Sampling (the Z-Sampling authors' flow
+method) gives no lower value. Capped at g₁ by :func:`default_inversion_guidance`."""
+
+
+def default_inversion_guidance(guidance: float | None) -> float | None:
+    """The default g₂ for a model whose denoising calls run at distilled guidance g₁ = ``guidance``:
+    ``min(DEFAULT_INVERSION_GUIDANCE, g₁)`` (so the gap g₁ − g₂ is never negative); ``None`` without g₁."""
+    return None if guidance is None else min(DEFAULT_INVERSION_GUIDANCE, float(guidance))
 
 
 class FlowDenoiser(nn.Module):

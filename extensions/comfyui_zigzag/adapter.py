@@ -35,6 +35,7 @@ import torch
 
 from zigzag_kdiff import register_k_diffusion
 from zigzag_kdiff import sampling as engine
+from zigzag_kdiff.flow import default_inversion_guidance
 from zigzag_kdiff.guidance import GuidanceInterval, check_finite
 
 SAMPLER_NAMES = ("zigzag_euler", "zigzag_ddim", "zigzag_dpmpp_2m")
@@ -51,11 +52,6 @@ RULES = {
 
 FLOW_REFUSED_RULES = ("ddim_released",)
 """Rules the engine does not define on flow latents (the released update rescales by a VP schedule's ᾱ)."""
-
-DEFAULT_INVERSION_GUIDANCE = 1.0
-"""g₂ where ``inversion_guidance`` is not given, on models with distilled guidance: the lowest value Flux dev
-is normally run at (in the idealised D_g = D_u + g·(D_c − D_u), g = 1 is the conditional prediction), capped
-at g₁. Nothing in RF-Sampling (the Z-Sampling authors' flow method) supports a lower one."""
 
 INVERSION_GUIDANCE_KEY = "zigzag_kdiff_inversion_guidance"
 """Key of :class:`InversionGuidance` among one inversion call's APPLY_MODEL wrappers."""
@@ -388,7 +384,7 @@ def resolve_distilled_guidance(
 ) -> tuple[float | None, float | None, float]:
     """``(g₁, g₂, γ₂)`` for a run: the defaults of guidance-distilled models, checked.
 
-    ``inversion_guidance`` None: g₂ = min(:data:`DEFAULT_INVERSION_GUIDANCE`, g₁) on models with distilled
+    ``inversion_guidance`` None: g₂ = :func:`~zigzag_kdiff.flow.default_inversion_guidance` on models with distilled
     guidance, none elsewhere; a value on a model without distilled guidance is a ``ValueError``.
     ``inversion_scale`` None: γ₂ = 1 on a guidance-distilled model with true CFG off (cfg 1: the inversion is
     one conditional row, the gap is g₁ − g₂), else 0 (the released code's unconditional inversion).
@@ -413,7 +409,7 @@ def resolve_distilled_guidance(
             )
         g2 = value
     else:
-        g2 = None if g1 is None else min(DEFAULT_INVERSION_GUIDANCE, g1)
+        g2 = default_inversion_guidance(g1)
     if inversion_scale is None:
         inversion_scale = 1.0 if g1 is not None and guider.cfg == 1.0 else 0.0
     return g1, g2, inversion_scale
