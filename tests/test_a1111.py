@@ -612,6 +612,16 @@ def test_flow_models_sample_with_flow_true(rule):
         assert released.calls == []
 
 
+def test_flow_model_with_timesteps_for_sigmas_names_the_schedule_type():
+    """Seen in the real Forge with Flux dev: Schedule type Automatic hands the sampler timesteps (9999 … 0) as
+    sigmas; the entry says which Schedule type to choose, before any model call."""
+    model = StandInCFGDenoiser(StandInP())
+    model.inner_model.sigmas = torch.linspace(0.001, 1.0, 1000)
+    with pytest.raises(ValueError, match=r"σ₀ = 9999 .*Schedule type 'Simple'"):
+        run("euler", model, torch.linspace(9999, 0, 6), extra_args())
+    assert model.calls == []
+
+
 # --- Forge with Flux: distilled guidance ----------------------------------------------------------------
 
 

@@ -174,6 +174,12 @@ def sample_in_host(
             f"{scale_label}"
         )
     flow = is_flow_schedule(model)
+    if flow and float(sigmas[0]) > 1.0:  # seen in Forge with Flux at Schedule type Automatic: timesteps 9999 … 0
+        raise ValueError(
+            f"{SAMPLER_NAMES[rule]}: this is a flow model (noise levels in [0, 1]) but the Schedule type gave "
+            f"σ₀ = {float(sigmas[0]):g} (Forge's 'Automatic' passes timesteps for it): choose Schedule type 'Simple' "
+            "(Forge's default for Flux) or another schedule"
+        )
     if rule == "ddim" and flow and settings.ddim_update == "released":  # the engine refuses it on flow too
         raise ValueError(
             f"{SAMPLER_NAMES['ddim']} with setting zigzag_ddim_inversion_update = 'released' reproduces the released "
