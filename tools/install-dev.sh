@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the tests need, into the current Python environment (activate a venv first):
-#   bash scripts/install-dev.sh && python -m pytest -q
+#   bash tools/install-dev.sh && python -m pytest -q
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
