@@ -40,6 +40,7 @@ COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "bench shapes": ("kdiffusion", "diffusers", "bench"),
     "bench convergence": ("kdiffusion", "diffusers", "bench"),
     "bench shapes-dpmpp": ("kdiffusion", "diffusers", "bench"),
+    "bench device": ("kdiffusion", "diffusers"),
     "replicate": (),
 }
 """The extras each command needs (tests/test_extras.py checks them against the code each command imports)."""
@@ -298,15 +299,22 @@ def _log(message: str) -> None:
 def _check_bench(args: argparse.Namespace) -> None:
     _check_out("--out", args.out)
     _check_json("--from-json", args.from_json)
-    if args.model is not None:
-        parts = ("unet", "text_encoder", "tokenizer", "scheduler")
+    if args.model is not None and args.model not in ("shapes", "shapes-flow"):
+        flow = (Path(args.model) / "transformer").is_dir()
+        denoising = "transformer" if flow else "unet"
+        parts = (denoising, "text_encoder", "tokenizer", "scheduler")
         missing = [part for part in parts if not (Path(args.model) / part).is_dir()]
         if missing:
             raise UsageError(
-                f"--model {args.model}: not a diffusers folder like the bundled one ({', '.join(parts)}; "
-                f"missing {', '.join(missing)})"
+                f"--model {args.model}: not shapes, shapes-flow or a diffusers folder like the bundled ones "
+                f"({', '.join(parts)}; missing {', '.join(missing)})"
             )
-        _check_diffusers_folder("--model", Path(args.model), index=False)
+        _check_diffusers_folder("--model", Path(args.model), index=flow)
+    if args.seg and args.model is not None:
+        from .bench.shapes import is_flow_model
+
+        if is_flow_model(args.model):
+            raise UsageError(f"--seg: SEG is defined on the UNet's self-attention only, not on --model {args.model}")
 
 
 def _stored(load: Callable[[str], Any], args: argparse.Namespace) -> Any:
@@ -349,7 +357,7 @@ def _bench(args: argparse.Namespace) -> int:
         if args.from_json:  # re-render tables and plots from stored per-image outcomes
             results, config = _stored(bench_shapes.load_json, args)
         if args.model:
-            config = bench_shapes.replace(config, model=args.model)
+            config = bench_shapes.for_model(config, args.model)
         if args.threads:
             config = bench_shapes.replace(config, threads=args.threads)
         if args.first_seed is not None and not args.from_json:
@@ -367,7 +375,42 @@ def _bench(args: argparse.Namespace) -> int:
         _log(f"bench shapes: {time.perf_counter() - start:.0f}s")
     elif args.which in ("convergence", "shapes-dpmpp"):
         _bench_convergence(args)
+    elif args.which == "device":
+        _bench_device(args)
     return 0
+
+
+def _bench_device(args: argparse.Namespace) -> None:
+    import torch
+
+    from .bench import device as bench_device
+
+    if args.device is not None:
+        _check_device(args.device)
+    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(name).type == "cpu" and not args.quick:
+        raise UsageError(
+            f"--device {name}: the full configuration needs a GPU (a 2.6 B-parameter SDXL UNet at 1024²); "
+            "on a CPU add --quick"
+        )
+    threads = args.threads or (1 if torch.device(name).type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    steps = args.steps if args.steps != 50 else bench_device.DeviceConfig.steps  # 50: the parser's cost default
+    dtypes = ("fp32", "bf16") if torch.device(name).type == "cpu" else ("fp32", "fp16", "bf16")  # no fast CPU fp16
+    config = bench_device.DeviceConfig(device=name, quick=args.quick, steps=steps, dtypes=dtypes)
+    start = time.perf_counter()
+    try:
+        rows = bench_device.run_device(config, log=_log if args.verbose else None)
+    except ValueError as error:
+        raise UsageError(f"--device {name}: {error}") from None
+    table = bench_device.format_device(rows, config)
+    print(table, end="")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "device.md").write_text(table)
+        _log(f"wrote {Path(args.out) / 'device.md'}")
+    _log(f"bench device: {time.perf_counter() - start:.0f}s")
 
 
 def _bench_gmm_flow(args: argparse.Namespace) -> None:
@@ -679,12 +722,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "which",
         metavar="BENCHMARK",
-        choices=["cost", "gmm", "shapes", "convergence", "shapes-dpmpp"],
+        choices=["cost", "gmm", "shapes", "convergence", "shapes-dpmpp", "device"],
         help="cost: model calls, batch rows and wall time per sampler; gmm: Z-Sampling vs a CFG sweep on exact "
         "Gaussian mixtures; shapes: the same on the bundled text-to-image model with a rule checker; "
         "convergence: error to the T → ∞ limit per step rule and matched adherence against DPM++ 2M (GMMs); "
-        "shapes-dpmpp: zigzag DPM++ 2M against DPM++ 2M on the bundled model, paired (one of cost, gmm, shapes, "
-        "convergence, shapes-dpmpp)",
+        "shapes-dpmpp: zigzag DPM++ 2M against DPM++ 2M on the bundled model, paired; device: every sampler on a "
+        "GPU (a random full-size SDXL UNet in fp32/fp16/bf16 and the bundled models), one table (one of cost, gmm, "
+        "shapes, convergence, shapes-dpmpp, device)",
     )
     bench.add_argument("--steps", type=positive_int, default=50, help="cost: sampling steps T, >= 1 (default 50)")
     bench.add_argument(
@@ -692,7 +736,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="gmm/shapes: the small CI configuration")
     bench.add_argument("--out", help="gmm/shapes: also write markdown, JSON and plots into this folder")
-    bench.add_argument("--model", help="shapes: a diffusers folder (default: the bundled shapes16 model)")
+    bench.add_argument(
+        "--model",
+        help="shapes: shapes (the bundled ε-UNet, default), shapes-flow (the bundled MMDiT flow model) or a "
+        "diffusers folder of either kind",
+    )
     bench.add_argument(
         "--threads", type=positive_int, help="shapes: torch threads, >= 1 (default 1: fastest on a busy machine)"
     )
@@ -719,6 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
         "analogue on flow schedules (writes flow.md/flow.json); convergence: the three rules with and without "
         "zigzag on flow sigmas (exact GMMs in rectified-flow form), flow λ = log((1 − σ)/σ) against the VE "
         "λ = −log σ for DPM++ 2M",
+    )
+    bench.add_argument(
+        "--device", help="device: the torch device (default cuda if available, else cpu; on a CPU use --quick)"
     )
     bench.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     bench.set_defaults(run=_bench)

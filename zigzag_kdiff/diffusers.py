@@ -102,9 +102,14 @@ TINY_MODELS = {
     "tiny-flux": "flux",
     "tiny-flux-schnell": "flux-schnell",
 }
-BUNDLED_MODELS = {"shapes": Path(__file__).parent / "models_data" / "shapes16"}
-"""Models shipped inside the package (safetensors): ``shapes``, the 16×16 pixel-space coloured-squares
-model trained by ``tools/train_shapes.py`` (see :mod:`zigzag_kdiff.bench.shapes_task`); the CLI's default."""
+BUNDLED_MODELS = {
+    "shapes": Path(__file__).parent / "models_data" / "shapes16",
+    "shapes-flow": Path(__file__).parent / "models_data" / "shapes16-flow",
+}
+"""Models shipped inside the package (safetensors), both 16×16 pixel-space coloured-squares models (see
+:mod:`zigzag_kdiff.bench.shapes_task`): ``shapes``, an ε-prediction UNet (``StableDiffusionPipeline``, trained by
+``tools/train_shapes.py``), and ``shapes-flow``, a rectified-flow MMDiT (``StableDiffusion3Pipeline``, trained by
+``tools/train_shapes_flow.py``)."""
 """``--model`` names that build a tiny random-weight pipeline (:mod:`zigzag_kdiff.tiny`)."""
 
 

@@ -36,6 +36,8 @@ from .common import Method, sample_method, save_figure
 
 __all__ = [
     "Config",
+    "FlowShapesModel",
+    "for_model",
     "QUICK",
     "ShapesModel",
     "load_model",
@@ -67,6 +69,7 @@ class Config:
     interval: tuple[float, float] = (0.28, 5.42)
     batch: int = 128  # images per UNet call (CFG doubles the rows; ~256 rows is fastest on CPU here)
     threads: int = 1
+    extra_rules: tuple[str, ...] = ()  # more Z-Sampling rules among the variants, each beside plain sampling with it
 
     @property
     def equal_row_steps(self) -> int:
@@ -86,6 +89,19 @@ QUICK = Config(
     compute_steps=(3,),
     batch=48,
 )
+
+
+FLOW_INTERVAL = (0.219, 0.844)
+"""The guidance interval (0.28, 5.42] of the VE bench in flow σ: σ_flow = σ_VE/(1 + σ_VE) (same noise level)."""
+
+
+def for_model(config: Config, model: str | Path | None) -> Config:
+    """``config`` for ``model``: on the flow model Z-Sampling's main rule is Euler (on a flow latent the DDIM step
+    is the Euler step; the DDIM inversion and the DPM++ 2M rule run as variants) and the interval is in flow σ."""
+    config = replace(config, model=None if model is None else str(model))
+    if is_flow_model(model):
+        config = replace(config, rule="euler", interval=FLOW_INTERVAL, extra_rules=("dpmpp_2m",))
+    return config
 
 
 def main_methods(config: Config) -> list[Method]:
@@ -115,6 +131,9 @@ def variant_methods(config: Config) -> list[Method]:
     out += [
         Method("γ₂ sweep", rule, ref, T, inversion_scale=g2, seeds=n) for g2 in config.inversion_scales if g2 <= ref
     ]
+    for extra in config.extra_rules:
+        out.append(Method(f"standard {extra}", extra, ref, T, zigzag_steps=0, seeds=n))
+        out.append(Method(f"Z-Sampling {extra} γ₂=0", extra, ref, T, seeds=n))
     out += [Method("compute: standard", "standard", ref, t, seeds=n) for t in config.compute_steps]
     out += [Method("compute: Z-Sampling", rule, ref, t, seeds=n) for t in config.compute_steps]
     return out
@@ -147,12 +166,17 @@ def seg_methods(config: Config) -> list[Method]:
 
 @dataclass
 class ShapesModel:
-    """The pieces of a diffusers text-to-image folder that sampling needs."""
+    """The pieces of a diffusers text-to-image folder that sampling needs: the bundled ε-UNet (shapes16)."""
 
     unet: torch.nn.Module
     text_encoder: torch.nn.Module
     tokenizer: Any
     alphas_cumprod: torch.Tensor
+    flow = False
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.unet
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
@@ -174,23 +198,116 @@ class ShapesModel:
 
         return DiscreteEpsDDPMDenoiser(UNetEps(self.unet), self.alphas_cumprod, quantize=True)
 
+    def sigmas(self, steps: int) -> torch.Tensor:
+        """DDIM sigmas (:func:`zigzag_kdiff.ddim_sigmas`), in k-diffusion's VE form."""
+        return ddim_sigmas(self.alphas_cumprod, steps)
 
-def load_model(folder: str | Path | None = None) -> ShapesModel:
-    """Load ``unet/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/`` from a diffusers folder
-    (default: the bundled shapes16 model) with ``from_pretrained``, safetensors only."""
+    def start(self, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """The VE latent at ``sigmas[0]`` for unit ``noise``."""
+        return noise * sigmas[0]
+
+    def images(self, out: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1]: back from the VE form at σ_end, x_vp = x / sqrt(1 + σ²)."""
+        return ((out / (1 + sigmas[-1] ** 2) ** 0.5 + 1) / 2).clamp(0, 1)
+
+
+@dataclass
+class FlowShapesModel:
+    """The bundled flow model (shapes16-flow): a ``StableDiffusion3Pipeline`` without VAE, sampled as an SD3
+    user's is: :func:`zigzag_kdiff.diffusers.denoiser_for` (a :class:`~zigzag_kdiff.flow.FlowDenoiser`
+    over SD3's transformer), the pipeline's own prompt encoding and sigmas."""
+
+    pipe: Any
+    flow = True
+
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.pipe.transformer
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """The pipeline's ``encode_prompt``: CLIP-L ⊕ CLIP-G hidden states and pooled projections."""
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device="cpu", do_classifier_free_guidance=False
+        )
+        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+
+    def denoiser(self) -> torch.nn.Module:
+        from ..diffusers import denoiser_for
+
+        return denoiser_for(self.pipe)
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        """The pipeline's own flow sigmas (``FlowMatchEulerDiscreteScheduler``, no shift: 1 … 0.001, then 0)."""
+        from ..diffusers import sigmas_for
+
+        return sigmas_for(self.pipe, self.denoiser(), "model", steps)
+
+    def start(self, noise: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """x_σ₀ = (1 − σ₀)·x₀ + σ₀·ε is the noise itself at σ₀ = 1, as the pipeline starts."""
+        if float(sigmas[0]) != 1.0:
+            raise ValueError(f"a flow model's sigmas must start at 1, got {float(sigmas[0])}")
+        return noise.clone()
+
+    def images(self, out: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+        """The final flow latent at σ = 0 is the image in [-1, 1]."""
+        return ((out + 1) / 2).clamp(0, 1)
+
+
+FLOW_MODEL_NAMES = ("shapes-flow",)
+"""``Config.model`` names of the bundled flow model (``shapes``/None: the bundled UNet)."""
+
+
+def is_flow_model(folder: str | Path | None) -> bool:
+    """True for the bundled flow model's name or a diffusers folder with a ``transformer/``."""
+    if folder is None or str(folder) == "shapes":
+        return False
+    return str(folder) in FLOW_MODEL_NAMES or (Path(folder) / "transformer").is_dir()
+
+
+def load_model(folder: str | Path | None = None) -> ShapesModel | FlowShapesModel:
+    """Load a shapes model, safetensors only: ``None``/``"shapes"`` the bundled shapes16 UNet, ``"shapes-flow"``
+    the bundled flow model, or a diffusers folder (``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``;
+    or a ``StableDiffusion3Pipeline`` folder with ``transformer/``)."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
-    folder = Path(folder) if folder is not None else shapes_task.BUNDLED_MODEL
+    if is_flow_model(folder):
+        from ..diffusers import load_pipeline
+
+        name = shapes_task.BUNDLED_FLOW_MODEL if str(folder) in FLOW_MODEL_NAMES else folder
+        pipe = load_pipeline(str(name))
+        pipe.set_progress_bar_config(disable=True)
+        return FlowShapesModel(pipe)
+    folder = Path(folder) if folder is not None and str(folder) != "shapes" else shapes_task.BUNDLED_MODEL
     if not (folder / "unet").is_dir():
         raise ValueError(
-            f"model must be a diffusers folder with unet/, text_encoder/, tokenizer/ and scheduler/, got {folder}"
+            f"model must be 'shapes', 'shapes-flow' or a diffusers folder with unet/ (or transformer/), "
+            f"text_encoder/, tokenizer/ and scheduler/, got {folder}"
         )
     unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).eval()
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", use_safetensors=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     scheduler = DDIMScheduler.from_pretrained(folder / "scheduler")
     return ShapesModel(unet, text_encoder, tokenizer, scheduler.alphas_cumprod.to(torch.float32))
+
+
+def _rows(cond: Any, part: slice) -> Any:
+    """Rows ``part`` of a conditioning (a tensor, or a dict of tensors)."""
+    return {k: v[part] for k, v in cond.items()} if isinstance(cond, dict) else cond[part]
+
+
+def _repeat(cond: Any, times: int) -> Any:
+    """A conditioning repeated ``times`` along the batch (seed-major, as the noise)."""
+
+    def rep(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat(times, *([1] * (t.ndim - 1)))
+
+    return {k: rep(v) for k, v in cond.items()} if isinstance(cond, dict) else rep(cond)
+
+
+def _as_kwargs(cond: Any) -> dict[str, torch.Tensor]:
+    return cond if isinstance(cond, dict) else {"encoder_hidden_states": cond}
 
 
 # --- sampling -------------------------------------------------------------------------------------------
@@ -206,30 +323,27 @@ def initial_noise(seeds: int, prompts: int, first_seed: int = 0) -> torch.Tensor
 
 @torch.no_grad()
 def generate(
-    model: ShapesModel, method: Method, noise: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, batch: int
+    model: ShapesModel | FlowShapesModel, method: Method, noise: torch.Tensor, cond: Any, uncond: Any, batch: int
 ) -> tuple[torch.Tensor, float]:
-    """Images in [0, 1] for unit ``noise`` ``[n, 3, 16, 16]`` and embeddings ``cond`` ``[n, 8, 64]``;
-    returns ``(images, UNet rows per image)``."""
+    """Images in [0, 1] for unit ``noise`` ``[n, 3, 16, 16]`` and the prompts' conditioning ``cond`` (``n`` rows:
+    the UNet's embeddings ``[n, 8, 64]``, or the flow model's dict); returns ``(images, model rows per image)``."""
+    if model.flow and method.seg_scale > 0:
+        raise ValueError("seg_scale must be 0 on the flow model: SEG is defined on the UNet's self-attention only")
     counter = CallCounter(model.denoiser())
     guided = CFGDenoiser(counter, guidance_interval=method.interval, seg_interval=method.seg_interval)
-    sigmas = ddim_sigmas(model.alphas_cumprod, method.steps)
+    sigmas = model.sigmas(method.steps)
     images = []
     seg = method.seg_scale > 0  # SEG: processors on the UNet for this method only (zigzag_kdiff.seg)
-    with seg_attention(model.unet, method.seg_layers, method.seg_blur_sigma) if seg else nullcontext() as state:
+    with seg_attention(model.network, method.seg_layers, method.seg_blur_sigma) if seg else nullcontext() as state:
         guided.seg_state = state
         for start in range(0, len(noise), batch):
             part = slice(start, start + batch)
-            x = noise[part] * sigmas[0]
-            args = {
-                "cond": {"encoder_hidden_states": cond[part]},
-                "uncond": {"encoder_hidden_states": uncond},
-                "cond_scale": method.scale,
-            }
+            x = model.start(noise[part], sigmas)
+            args = {"cond": _as_kwargs(_rows(cond, part)), "uncond": _as_kwargs(uncond), "cond_scale": method.scale}
             if seg:
                 args.update(seg_scale=method.seg_scale, inversion_seg_scale=method.inversion_seg_scale)
             out = sample_method(method, guided, x, sigmas, args)
-            # back from k-diffusion's VE form at σ_end to the image: x_vp = x / sqrt(1 + σ²)
-            images.append(((out / (1 + sigmas[-1] ** 2) ** 0.5 + 1) / 2).clamp(0, 1))
+            images.append(model.images(out, sigmas))
     return torch.cat(images), counter.rows / len(noise)
 
 
@@ -280,7 +394,7 @@ def run_shapes(config: Config = Config(), log=None, keep_images: bool = False, s
                 continue
             start = time.perf_counter()
             flat_noise = noise[:seeds].reshape(-1, *noise.shape[2:])
-            images, rows = generate(model, method, flat_noise, cond.repeat(seeds, 1, 1), uncond, config.batch)
+            images, rows = generate(model, method, flat_noise, _repeat(cond, seeds), uncond, config.batch)
             outcomes = {k: v.reshape(seeds, -1) for k, v in score(images, specs * seeds).items()}
             kept = images.reshape(seeds, len(specs), *images.shape[1:]) if keep_images else None
             run = Run(method, rows, time.perf_counter() - start, outcomes, kept)
@@ -405,10 +519,23 @@ def _pct(stats: tuple[float, float, float], signed: bool = False) -> str:
     return f"{100 * mean:{sign}.1f} [{100 * low:{sign}.1f}, {100 * high:{sign}.1f}]"
 
 
+def model_label(config: Config) -> str:
+    """What the tables say of the model and its sigmas."""
+    if is_flow_model(config.model):
+        name = (
+            "Bundled shapes16-flow model (MMDiT, rectified flow)"
+            if str(config.model) in FLOW_MODEL_NAMES
+            else (f"Flow model {config.model}")
+        )
+        return f"{name}, the pipeline's flow sigmas (1 … 0)"
+    name = "Bundled shapes16 model" if config.model in (None, "shapes") else f"Model {config.model}"
+    return f"{name}, DDIM sigmas"
+
+
 def format_shapes(runs: list[Run], config: Config) -> str:
     best = best_scale(runs)
     lines = [
-        f"Bundled shapes16 model, DDIM sigmas, T = {config.steps}; {config.prompts} prompts × {config.seeds} seeds "
+        f"{model_label(config)}, T = {config.steps}; {config.prompts} prompts × {config.seeds} seeds "
         f"(variants: × {config.sweep_seeds} seeds), same initial noise for every method. Rates in % with 95 % "
         "Wilson intervals; all correct = count ∧ colour ∧ position (cleanliness separate).",
         "",
@@ -723,7 +850,9 @@ def plot_shapes(runs: list[Run], config: Config, folder: Path) -> list[Path]:
         ax.set_xlabel(f"{'all correct' if key == 'all_correct' else 'count ∧ colour'} (adherence)")
         ax.set_ylabel("clean (shape fidelity)")
     axes[1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(f"Adherence vs fidelity, bundled shapes model ({config.prompts} prompts × {seeds} seeds, paired)")
+    fig.suptitle(
+        f"Adherence vs fidelity, {model_label(config).split(',')[0]} ({config.prompts} prompts × {seeds} seeds, paired)"
+    )
     paths.append(save_figure(fig, folder / "shapes_frontier.png"))
 
     rows = lambda_rows(runs, config)
@@ -819,5 +948,5 @@ def sample_grid(config: Config, path: str | Path, seeds: int = 2) -> Path:
                 spec = specs[c]
                 ax.set_title(f"{spec.count} {spec.colour}\n{spec.position}", fontsize=7)
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-    fig.suptitle("Bundled shapes16 model: prompt = '<count> <colour> square(s) <position>'", fontsize=9)
+    fig.suptitle(f"{model_label(config).split(',')[0]}: prompt = '<count> <colour> square(s) <position>'", fontsize=9)
     return save_figure(fig, Path(path), dpi=100)

@@ -299,3 +299,69 @@ def write_model_index(folder: str | os.PathLike[str]) -> None:
         "vae": [None, None],
     }
     Path(folder, "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+# --- the bundled flow model: configs ----------------------------------------------------------------
+
+BUNDLED_FLOW_MODEL = Path(__file__).parent.parent / "models_data" / "shapes16-flow"
+
+
+def flow_text_encoder_config(hidden_size: int = 64) -> dict[str, Any]:
+    """A small ``CLIPTextConfig`` (2 layers) with a projection, over the task vocabulary: SD3's CLIP-L and
+    CLIP-G stand-ins (``StableDiffusion3Pipeline`` reads their penultimate hidden states and pooled
+    projections)."""
+    return {
+        **text_encoder_config(),
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "projection_dim": hidden_size,
+    }
+
+
+def flow_transformer_config() -> dict[str, Any]:
+    """A small ``SD3Transformer2DModel`` (MMDiT) in pixel space: 3 channels, 16×16, patch size 2 (64 image
+    tokens) with SD3's fixed 2-D sin-cos absolute position embeddings, 6 joint blocks of width 96 (4 heads
+    of 24) with RMS q/k norm (SD3.5's); text: both CLIPs' hidden states side by side (64 + 64)."""
+    return {
+        "sample_size": IMAGE_SIZE,
+        "patch_size": 2,
+        "in_channels": 3,
+        "out_channels": 3,
+        "num_layers": 6,
+        "attention_head_dim": 24,
+        "num_attention_heads": 4,
+        "joint_attention_dim": 128,
+        "caption_projection_dim": 96,
+        "pooled_projection_dim": 128,
+        "pos_embed_max_size": IMAGE_SIZE // 2,
+        "qk_norm": "rms_norm",
+    }
+
+
+def flow_scheduler_config() -> dict[str, Any]:
+    """``FlowMatchEulerDiscreteScheduler`` without shift: σ from 1 to 0 in equal steps (a 16×16 image has few
+    pixels, so the SD3 paper's resolution shift, > 1 only for more pixels than its base, is 1 here)."""
+    return {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False}
+
+
+def write_flow_model_index(folder: str | os.PathLike[str]) -> None:
+    """``model_index.json`` of a ``StableDiffusion3Pipeline`` without VAE and T5 (pixel space: the
+    "latents" are the images in [-1, 1])."""
+    import diffusers
+
+    index = {
+        "_class_name": "StableDiffusion3Pipeline",
+        "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "text_encoder_3": [None, None],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+        "tokenizer_2": ["transformers", "PreTrainedTokenizerFast"],
+        "tokenizer_3": [None, None],
+        "transformer": ["diffusers", "SD3Transformer2DModel"],
+        "vae": [None, None],
+    }
+    Path(folder, "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
