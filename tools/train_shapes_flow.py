@@ -19,6 +19,7 @@ an exponential moving average.
 
     python tools/train_shapes_flow.py                      # the bundled model (see its training.json)
     python tools/train_shapes_flow.py --steps 20 --out /tmp/flow-smoke --state /tmp/flow-smoke-state
+    python tools/train_shapes_flow.py --until 1000        # stop at step 1000; the same command without it resumes
 
 The output folder is a ``StableDiffusion3Pipeline`` without VAE and T5 (``transformer/``, ``text_encoder/``,
 ``text_encoder_2/``, ``tokenizer/``, ``tokenizer_2/``, ``scheduler/``, ``model_index.json``): it loads with
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument(
+        "--until", type=int, help="stop after this many steps, saving the state only (resume with the same settings)"
+    )
     parser.add_argument("--out", type=Path, default=shapes.BUNDLED_FLOW_MODEL)
     parser.add_argument(
         "--state",
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         help="folder of the resumable training state (a run with the same settings continues from it)",
     )
     args = parser.parse_args(argv)
-    settings = {k: v for k, v in vars(args).items() if k not in ("threads", "save_every", "out", "state")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("threads", "save_every", "out", "state", "until")}
 
     torch.set_num_threads(args.threads)
     pipe = build_pipeline(args.seed)
@@ -193,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = {name: sum(p.numel() for p in module.parameters()) for name, module in live.items()}
     print(f"parameters: {counts}; starting at step {first}", flush=True)
     start, running = time.time(), None
-    for step in range(first, args.steps):
+    stop = args.steps if args.until is None else min(args.until, args.steps)
+    for step in range(first, stop):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * lr_at(step)
         images, prompts, sigma, noise = batch_of(args.seed, step, args.batch, args.dropout, args.uniform)
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 for p_ema, p in zip(ema[name].parameters(), live[name].parameters()):
                     p_ema.lerp_(p, 1 - decay)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        last = step == args.steps - 1
+        last = step == stop - 1
         if step % 50 == 0 or last:
             print(
                 f"step {step:5d}  loss {running:.4f}  lr {optimizer.param_groups[0]['lr']:.2e}  "
@@ -227,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         if last or (args.save_every and (step + 1) % args.save_every == 0):
             save_state(args.state, step + 1, live, ema, optimizer, settings)
+    if stop < args.steps:
+        print(f"stopped after step {stop}; the state is in {args.state}", flush=True)
+        return 0
     meta = {
         **settings,
         "final_loss_ema": None if running is None else round(running, 5),
