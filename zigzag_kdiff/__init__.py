@@ -20,7 +20,7 @@ from .sampling import (
     zigzag_plan,
 )
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "CFGDenoiser",

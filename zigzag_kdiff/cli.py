@@ -364,6 +364,8 @@ def _bench(args: argparse.Namespace) -> int:
             config = bench_shapes.replace(config, first_seed=args.first_seed)
         if args.seeds is not None:
             config = bench_shapes.replace(config, seeds=args.seeds)
+        if args.main_only and not args.from_json:
+            config = bench_shapes.main_only(config)
         if not args.from_json:
             results = bench_shapes.run_shapes(config, log=_log if args.verbose else None, seg=args.seg)
         seg = args.seg or any(run.method.seg_scale > 0 for run in results)
@@ -760,6 +762,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="shapes: the Smoothed Energy Guidance methods (alone, with CFG, with Z-Sampling) instead of the main run",
     )
     bench.add_argument("--seeds", type=positive_int, help="shapes: number of seeds, >= 1 (default 20; --quick 2)")
+    bench.add_argument(
+        "--main-only",
+        action="store_true",
+        help="shapes: the CFG sweep (1, 2, 3, 5), Z-Sampling per rule, equal rows, γ₂ = 1 and the interval; no λ, "
+        "γ₂, γ₁ or compute sweeps",
+    )
     bench.add_argument(
         "--flow",
         action="store_true",

@@ -104,6 +104,19 @@ def for_model(config: Config, model: str | Path | None) -> Config:
     return config
 
 
+def main_only(config: Config) -> Config:
+    """``bench shapes --main-only``: the CFG sweep 1–5, Z-Sampling with each rule, equal rows, γ₂ = 1 and the
+    guidance interval, without the λ, γ₂, γ₁ and compute sweeps (a third of the rows)."""
+    return replace(
+        config,
+        cfg_scales=tuple(s for s in config.cfg_scales if s <= 5),
+        extra_scales=(),
+        lambdas=(),
+        inversion_scales=(),
+        compute_steps=(),
+    )
+
+
 def main_methods(config: Config) -> list[Method]:
     """Run on all seeds: the CFG sweep and Z-Sampling (``config.rule``, γ₂ = 0) at the reference γ₁."""
     T = config.steps
