@@ -39,6 +39,7 @@ COMMAND_MODULES = {
     "bench shapes": ("zigzag_kdiff.bench.shapes",),
     "bench convergence": ("zigzag_kdiff.bench.convergence",),
     "bench shapes-dpmpp": ("zigzag_kdiff.bench.convergence",),
+    "bench device": ("zigzag_kdiff.bench.device",),
     "replicate": ("zigzag_kdiff.bench.replicate",),
 }
 

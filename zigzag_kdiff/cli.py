@@ -40,7 +40,7 @@ COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {
     "bench shapes": ("kdiffusion", "diffusers", "bench"),
     "bench convergence": ("kdiffusion", "diffusers", "bench"),
     "bench shapes-dpmpp": ("kdiffusion", "diffusers", "bench"),
-    "bench device": ("kdiffusion", "diffusers"),
+    "bench device": ("kdiffusion", "diffusers", "bench"),
     "replicate": (),
 }
 """The extras each command needs (tests/test_extras.py checks them against the code each command imports)."""
@@ -488,8 +488,14 @@ def _torch_dtype(name: str, device: str) -> object:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-DEFAULT_PROMPTS = {"shapes": ["two red squares on the left", "three blue squares at the top"]}
+DEFAULT_PROMPTS = {
+    "shapes": ["two red squares on the left", "three blue squares at the top"],
+    "shapes-flow": ["two red squares on the left", "three blue squares at the top"],
+}
 """``compare``'s prompts when none is given, per model (two of the shapes task's 72 prompts)."""
+DEFAULT_CFG = {"shapes-flow": 3.0}
+"""``compare``'s γ₁ for a bundled model whose pipeline default does not suit it (SD3's 7 for shapes-flow, whose
+best scale in ``bench shapes`` is 2–3)."""
 OTHER_DEFAULT_PROMPTS = ["A small yellow dog."]
 """``compare``'s prompt for a model not in :data:`DEFAULT_PROMPTS` (one of the released code's prompts)."""
 
@@ -504,7 +510,7 @@ def _compare_settings(args: argparse.Namespace) -> Any:
         prompts=args.prompt or DEFAULT_PROMPTS.get(args.model, OTHER_DEFAULT_PROMPTS),
         negative_prompt=args.negative_prompt,
         steps=args.steps,
-        cfg_scale=args.cfg,
+        cfg_scale=args.cfg if args.cfg is not None else DEFAULT_CFG.get(args.model),
         inversion_scale=args.inversion_scale,
         distilled_guidance=args.distilled_guidance,
         inversion_guidance=args.inversion_guidance,
@@ -619,7 +625,7 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--cfg",
         type=finite_float,
-        help="γ₁, true CFG scale of denoising calls (default: the model's: 5.5 SD/SDXL/shapes, the pipeline's for "
+        help="γ₁, true CFG scale of denoising calls (default: the model's: 5.5 SD/SDXL/shapes, 3 shapes-flow, the pipeline's for "
         "SD3, 1 = off for Flux)",
     )
     compare.add_argument(
