@@ -625,8 +625,8 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--cfg",
         type=finite_float,
-        help="γ₁, true CFG scale of denoising calls (default: the model's: 5.5 SD/SDXL/shapes, 3 shapes-flow, the pipeline's for "
-        "SD3, 1 = off for Flux)",
+        help="γ₁, true CFG scale of denoising calls (default: the model's: 5.5 SD/SDXL/shapes, 3 shapes-flow, "
+        "the pipeline's for SD3, 1 = off for Flux)",
     )
     compare.add_argument(
         "--inversion-scale",
