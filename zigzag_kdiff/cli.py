@@ -333,7 +333,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.which == "cost":
         from .bench.common import format_cost, run_cost
 
-        print(format_cost(run_cost(steps=args.steps, repeats=args.repeats), args.steps))
+        steps = 50 if args.steps is None else args.steps
+        print(format_cost(run_cost(steps=steps, repeats=args.repeats), steps))
     elif args.which == "gmm" and args.flow:
         _bench_gmm_flow(args)
     elif args.which == "gmm":
@@ -398,7 +399,7 @@ def _bench_device(args: argparse.Namespace) -> None:
     threads = args.threads or (1 if torch.device(name).type == "cpu" else None)
     if threads:
         torch.set_num_threads(threads)
-    steps = args.steps if args.steps != 50 else bench_device.DeviceConfig.steps  # 50: the parser's cost default
+    steps = bench_device.DeviceConfig.steps if args.steps is None else args.steps
     dtypes = ("fp32", "bf16") if torch.device(name).type == "cpu" else ("fp32", "fp16", "bf16")  # no fast CPU fp16
     config = bench_device.DeviceConfig(device=name, quick=args.quick, steps=steps, dtypes=dtypes)
     start = time.perf_counter()
@@ -738,7 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
         "GPU (a random full-size SDXL UNet in fp32/fp16/bf16 and the bundled models), one table (one of cost, gmm, "
         "shapes, convergence, shapes-dpmpp, device)",
     )
-    bench.add_argument("--steps", type=positive_int, default=50, help="cost: sampling steps T, >= 1 (default 50)")
+    bench.add_argument(
+        "--steps", type=positive_int, help="cost: sampling steps T, >= 1 (default 50); device: the SDXL UNet's (10)"
+    )
     bench.add_argument(
         "--repeats", type=positive_int, default=3, help="cost: interleaved repetitions, median, >= 1 (default 3)"
     )

@@ -192,11 +192,6 @@ def _bundled_case(name: str, model: Any, cond: Any, uncond: Any, device: torch.d
             )
             return denoiser, network
 
-        cond = {
-            "encoder_hidden_states": cond["encoder_hidden_states"],
-            "pooled_projections": cond["pooled_projections"],
-        }
-        uncond = dict(uncond)
         return Case(
             "shapes16-flow (bundled MMDiT)",
             build,
